@@ -1,0 +1,15 @@
+"""gscache's core: the scene model, cameras, ``render()`` and its backends."""
+
+from .backends import Backend, BackendUnavailableError, StagedBackend, default_registry
+from .cameras import Camera, CameraBatch, StereoRig, intrinsics_from_fov, look_at, stack_cameras
+from .paths import PathSpec, head_path, orbit_path
+from .render import render
+from .splats import Splats
+from .stages import Projected, TileBins
+from .types import RenderMode, RenderOptions, RenderOutput, RenderStats, StageTimes
+
+__all__ = [
+    "Backend", "BackendUnavailableError", "Camera", "CameraBatch", "PathSpec", "Projected", "RenderMode",
+    "RenderOptions", "RenderOutput", "RenderStats", "Splats", "StageTimes", "StagedBackend", "StereoRig", "TileBins",
+    "default_registry", "head_path", "intrinsics_from_fov", "look_at", "orbit_path", "render", "stack_cameras",
+]
