@@ -172,7 +172,7 @@ def look_at(eye: Sequence[float] | Tensor, target: Sequence[float] | Tensor,
     if forward.norm() < 1e-12:
         raise ValueError("look_at: eye and target coincide")
     forward = forward / forward.norm()
-    right = torch.linalg.cross(forward, -up_t)
+    right = torch.linalg.cross(forward, up_t)  # x = y cross z with y = -up (down in the image), z = forward
     if right.norm() < 1e-9:
         raise ValueError(f"look_at: up {up_t.tolist()} is parallel to the viewing direction")
     right = right / right.norm()

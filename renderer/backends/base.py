@@ -25,6 +25,7 @@ class Backend(ABC):
 
     def check_available(self, device: torch.device) -> None:
         """Raise :class:`BackendUnavailableError` if this backend cannot render on ``device``."""
+        return None
 
     @abstractmethod
     def render(self, splats: Splats, cams: CameraBatch, options: RenderOptions,
