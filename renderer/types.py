@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .stages import Projected
 
 RenderMode = Literal["rgb", "depth", "rgb+depth", "alpha"]
 RENDER_MODES: tuple[str, ...] = ("rgb", "depth", "rgb+depth", "alpha")
@@ -82,9 +85,13 @@ class RenderOutput:
         depth: expected depth along the camera z axis ``[C, H, W, 1]`` (None unless a depth mode was asked for);
             0 where nothing was hit.
         stats: counts and times.
+        projected: the preprocess stage's output where the backend exposes stages (None otherwise). Training
+            reads ``projected.means2d`` (call ``retain_grad()`` before backward: densification needs its
+            gradient) and ``projected.radii``.
     """
 
     image: Tensor | None  # [C, H, W, 3]
     alpha: Tensor  # [C, H, W, 1]
     depth: Tensor | None  # [C, H, W, 1]
     stats: RenderStats
+    projected: Projected | None = None

@@ -184,3 +184,16 @@ def test_timing_stats():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         render(Splats.random(5, sh_degree=1), _camera(dtype=torch.float32), **kwargs)
+
+
+def test_projected_means2d_gradient_for_densification():
+    splats = Splats.random(40, seed=6)
+    params = [t.clone().requires_grad_(True) for t in
+              (splats.means, splats.quats, splats.log_scales, splats.opacity_logits, splats.sh)]
+    out = render(Splats(*params), _camera(dtype=torch.float32), backend="torch")
+    out.projected.means2d.retain_grad()
+    out.image.sum().backward()
+    grad2d = out.projected.means2d.grad
+    assert grad2d.shape == (1, 40, 2)
+    visible = out.projected.visible[0]
+    assert (grad2d[0, visible].abs().sum(-1) > 0).any() and (grad2d[0, ~visible] == 0).all()

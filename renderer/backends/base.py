@@ -61,7 +61,7 @@ class StagedBackend(Backend):
         clock.lap()
         visible = projected.visible.sum(dim=1).tolist()
         stats = RenderStats(visible=visible, tile_keys=bins.num_pairs, times=clock.times())
-        return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats)
+        return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats, projected=projected)
 
 
 class _StageClock:
