@@ -66,8 +66,8 @@ def _alpha_cutoff(opacities: Tensor) -> Tensor:
     return 2.0 * torch.log(opacities.clamp_min(1e-30) / ALPHA_MIN) + _CUTOFF_MARGIN
 
 
-def _project(splats: Splats, cams: CameraBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """EWA projection of every Gaussian into every camera.
+def _project(splats: Splats, cams: CameraBatch, covariances: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """EWA projection of every Gaussian into every camera (``covariances [N, 3, 3]`` when already computed).
 
     Returns:
         means2d ``[C, N, 2]``, cov2d (with the low-pass) ``[C, N, 2, 2]``, camera-space points ``[C, N, 3]``.
@@ -89,7 +89,7 @@ def _project(splats: Splats, cams: CameraBatch) -> tuple[Tensor, Tensor, Tensor]
     zeros = torch.zeros_like(z)
     jac = torch.stack([fx / z_safe, zeros, -fx * tx / z_safe**2,
                        zeros, fy / z_safe, -fy * ty / z_safe**2], dim=-1).reshape(*z.shape, 2, 3)  # fmt: skip
-    cov3d = splats.covariances()  # [N, 3, 3]
+    cov3d = splats.covariances() if covariances is None else covariances  # [N, 3, 3]
     cov_cam = rot[:, None] @ cov3d[None] @ rot[:, None].transpose(-1, -2)  # [C, N, 3, 3]
     cov2d = jac @ cov_cam @ jac.transpose(-1, -2)
     cov2d = cov2d + LOWPASS_2D * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
@@ -97,14 +97,17 @@ def _project(splats: Splats, cams: CameraBatch) -> tuple[Tensor, Tensor, Tensor]
     return means2d, cov2d, p_cam
 
 
-def _preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool) -> Projected:
+def _preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
+                covariances: Tensor | None = None) -> Projected:
     """PyTorch implementation of the preprocess stage: culling, EWA projection, colour from SH, extents.
+
+    ``covariances [N, 3, 3]``: the world-space 3D covariances when the caller has them (the frame cache).
 
     A Gaussian is culled in a camera (``radii == 0``) when its depth is outside (near, far), its 2D covariance is
     degenerate, its opacity is under 1/255, or its alpha >= 1/255 ellipse lies outside the image.
     """
     c, n = len(cams), len(splats)
-    means2d, cov2d, p_cam = _project(splats, cams)
+    means2d, cov2d, p_cam = _project(splats, cams, covariances)
     depths = p_cam[..., 2]
     a, b, d = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
     det = a * d - b * b
@@ -188,8 +191,9 @@ def _bin_tiles(proj: Projected, width: int, height: int, tile_size: int) -> Tile
     hit = q_min <= q_cut
     pair_src, tx, ty = pair_src[hit], tx[hit], ty[hit]
     tile_key = cam_idx[pair_src] * num_tiles + ty * tiles_x + tx
-    depth_bits = proj.depths[cam_idx, g_idx].detach().float().view(torch.int32).long()[pair_src]
-    order = torch.argsort((tile_key << 32) | depth_bits)
+    keys = proj.depths if proj.order_keys is None else proj.order_keys
+    depth_bits = keys[cam_idx, g_idx].detach().float().view(torch.int32).long()[pair_src]
+    order = torch.sort((tile_key << 32) | depth_bits, stable=True).indices  # stable: equal depths keep index order
     gaussian_ids = g_idx[pair_src][order]
     counts_per_tile = torch.bincount(tile_key, minlength=c * num_tiles)
     offsets = torch.zeros(c * num_tiles + 1, dtype=torch.int64, device=device)

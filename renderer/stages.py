@@ -22,6 +22,8 @@ class Projected:
         opacities: activated opacities ``[C, N]``.
         colors: RGB from SH, view-dependent ``[C, N, 3]`` (None when colour was not asked for).
         radii: opacity-aware half extent in pixels along x and y ``[C, N, 2]`` (int32; 0 = culled).
+        order_keys: what the sort stage orders each tile by, when not the depths ``[C, N]`` (float, >= 0). The
+            frame cache puts a depth rank from the centre eye here to reuse one order for both eyes and frames.
     """
 
     means2d: Tensor  # [C, N, 2]
@@ -30,6 +32,7 @@ class Projected:
     opacities: Tensor  # [C, N]
     colors: Tensor | None  # [C, N, 3]
     radii: Tensor  # [C, N, 2]
+    order_keys: Tensor | None = None  # [C, N]
 
     @property
     def visible(self) -> Tensor:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from .frame_cache import CacheFrameStats
     from .stages import Projected
 
 RenderMode = Literal["rgb", "depth", "rgb+depth", "alpha"]
@@ -68,11 +69,13 @@ class RenderStats:
         visible: Gaussians that passed culling, per camera (list of C ints).
         tile_keys: (tile, Gaussian) pairs that were sorted and blended, all cameras together.
         times: per-stage times when ``RenderOptions.timing`` was set.
+        cache: what the frame cache did (None when the frame did not go through it).
     """
 
     visible: list[int] = field(default_factory=list)
     tile_keys: int = 0
     times: StageTimes = field(default_factory=StageTimes)
+    cache: CacheFrameStats | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ def default_registry() -> BackendRegistry:
     """The registry with every backend gscache ships (built once, on first use)."""
     registry = BackendRegistry()
     registry.register("torch", TorchBackend)
+    registry.register("native", lambda: __import__(f"{__name__}.native_backend", fromlist=["_"]).NativeBackend())
     registry.register("gsplat", lambda: _gsplat_backend(packed=False))
     registry.register("gsplat-unpacked", lambda: _gsplat_backend(packed=False))
     registry.register("gsplat-packed", lambda: _gsplat_backend(packed=True))

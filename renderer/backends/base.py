@@ -37,8 +37,13 @@ class StagedBackend(Backend):
     """A backend with stage-level entry points (preprocess -> sort -> blend) that the frame cache can reuse."""
 
     @abstractmethod
-    def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool) -> Projected:
-        """Cull, project and colour every Gaussian for every camera."""
+    def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
+                   covariances: torch.Tensor | None = None) -> Projected:
+        """Cull, project and colour every Gaussian for every camera.
+
+        ``covariances [N, 3, 3]``: world-space 3D covariances computed once per scene by the caller; a backend may
+        use them or recompute them from ``splats`` (they are equal).
+        """
 
     @abstractmethod
     def sort(self, projected: Projected, cams: CameraBatch) -> TileBins:

@@ -5,8 +5,11 @@ principal point, pixel centres at +0.5, SH coefficient-major ``[N, K, 3]`` with 
 low-pass on the 2D covariance), so the adapter only activates the raw parameters and renames the outputs.
 
 Known difference from the ``torch`` reference: gsplat clamps each Gaussian's alpha to 0.999, the reference (and the
-original 3DGS) to 0.99, so images differ where Gaussians with opacity above 0.99 cover a pixel (common in real
-captures, rare in random test scenes).
+original 3DGS) to 0.99. The effect is small: on ``guitar`` and ``playbot`` (orbit, stereo 1032 x 1104, H200) gsplat
+against torch gave PSNR 97.0 / 94.0 dB at the worst frame (see ``benchmarks/results/*gsplat-vs-torch*``).
+
+Costs the adapter adds to gsplat's own: the activated scales and opacities (exp, sigmoid; 16 bytes per Gaussian per
+frame), one host synchronisation for the stats, and, in packed mode, the background composited in an extra pass.
 
 gsplat is imported on first use only; it compiles its CUDA extension on first call (about a minute).
 """
@@ -98,11 +101,15 @@ class GsplatBackend(Backend):
             sh_degree=sh_degree,
             packed=self.packed,
             tile_size=self.tile_size,
-            backgrounds=background.to(splats.dtype).contiguous(),  # [C, 3]
+            backgrounds=None if self.packed else background.to(splats.dtype).contiguous(),  # [C, 3]
             render_mode=mode,
             rasterize_mode="classic",
         )
         image, depth = _split_channels(colors, options.render_mode)
+        if self.packed and image is not None:
+            # gsplat 1.5.3's packed path rejects per-camera backgrounds (its shape check expects [channels] while
+            # its kernel reads [C, channels]), so the background is composited here: one extra elementwise pass.
+            image = image + (1.0 - alphas) * background.to(image.dtype)[:, None, None, :]
         return RenderOutput(image=image, alpha=alphas, depth=depth, stats=_stats(meta, len(cams), self.packed))
 
 

@@ -21,8 +21,9 @@ class TorchBackend(StagedBackend):
         self.tile_size = tile_size
         self.round_size = round_size
 
-    def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool) -> Projected:
-        return _preprocess(splats, cams, sh_degree, with_colors)
+    def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
+                   covariances: torch.Tensor | None = None) -> Projected:
+        return _preprocess(splats, cams, sh_degree, with_colors, covariances)
 
     def sort(self, projected: Projected, cams: CameraBatch) -> TileBins:
         return _bin_tiles(projected, cams.width, cams.height, self.tile_size)

@@ -1,0 +1,209 @@
+// Blend kernels: one 16x16 thread block per (camera, tile), one pixel per thread; the tile's Gaussians are
+// staged through shared memory in batches of 256. The backward pass walks each tile back to front, rebuilding the
+// transmittance by division, and reduces each Gaussian's gradient over the warp before one atomic add per value.
+#include "blend.h"
+
+namespace gs {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kBlockThreads = kTilePixels;  // 256
+
+struct TilePixel {
+    int cam, px, py, start, end;
+    bool inside;
+    float fx, fy;
+};
+
+__device__ TilePixel tile_pixel(int tiles_x, int tiles_y, int width, int height, const int* tile_offsets) {
+    TilePixel t;
+    const int tiles = tiles_x * tiles_y;
+    const int range = blockIdx.x;
+    t.cam = range / tiles;
+    const int tile = range - t.cam * tiles;
+    const int ty = tile / tiles_x, tx = tile - ty * tiles_x;
+    t.px = tx * kTileSize + static_cast<int>(threadIdx.x % kTileSize);
+    t.py = ty * kTileSize + static_cast<int>(threadIdx.x / kTileSize);
+    t.inside = t.px < width && t.py < height;
+    t.fx = static_cast<float>(t.px) + 0.5f;
+    t.fy = static_cast<float>(t.py) + 0.5f;
+    t.start = tile_offsets[range];
+    t.end = tile_offsets[range + 1];
+    return t;
+}
+
+// Stages Gaussian g's features in this thread's shared-memory slot.
+template <bool COLOR, bool DEPTH, typename Args>
+__device__ __forceinline__ void load_gaussian(const Args& a, size_t g, float2* s_xy, float4* s_conop, float4* s_cd) {
+    s_xy[threadIdx.x] = make_float2(a.means2d[2 * g], a.means2d[2 * g + 1]);
+    s_conop[threadIdx.x] = make_float4(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], a.opacities[g]);
+    float4 cd = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (COLOR) {
+        cd.x = a.colors[3 * g];
+        cd.y = a.colors[3 * g + 1];
+        cd.z = a.colors[3 * g + 2];
+    }
+    if (DEPTH) cd.w = a.depths[g];
+    s_cd[threadIdx.x] = cd;
+}
+
+template <bool COLOR, bool DEPTH>
+__global__ void __launch_bounds__(kBlockThreads) blend_forward_kernel(const BlendArgs a) {
+    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
+    __shared__ float2 s_xy[kBlockThreads];
+    __shared__ float4 s_conop[kBlockThreads];
+    __shared__ float4 s_cd[kBlockThreads];  // r, g, b, depth
+    const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
+    PixelForward st{1.f, {0.f, 0.f, 0.f}, 0.f};
+    int last = 0;
+    bool done = !tp.inside;
+    for (int base = tp.start; base < tp.end; base += kBlockThreads) {
+        if (__syncthreads_count(done) == kBlockThreads) break;
+        const int j = base + static_cast<int>(threadIdx.x);
+        if (j < tp.end) load_gaussian<COLOR, DEPTH>(a, cam_off + a.gaussian_ids[j], s_xy, s_conop, s_cd);
+        __syncthreads();
+        const int count = min(kBlockThreads, tp.end - base);
+        for (int k = 0; !done && k < count; ++k) {
+            const float2 xy = s_xy[k];
+            const float4 co = s_conop[k];
+            const float4 cd = s_cd[k];
+            const SampleResult res = blend_forward_sample<COLOR, DEPTH>(co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x,
+                                                                        cd.y, cd.z, cd.w, tp.fx, tp.fy, st);
+            if (res == kStop) done = true;
+            if (res == kKept) last = base - tp.start + k + 1;
+        }
+    }
+    if (!tp.inside) return;
+    const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
+    const float acc = 1.f - st.T;
+    a.out_alpha[pix] = acc;
+    if (COLOR) {
+        const float* bg = a.background + 3 * tp.cam;
+        a.out_image[3 * pix] = st.c[0] + st.T * bg[0];
+        a.out_image[3 * pix + 1] = st.c[1] + st.T * bg[1];
+        a.out_image[3 * pix + 2] = st.c[2] + st.T * bg[2];
+    }
+    if (DEPTH) a.out_depth[pix] = acc > 0.f ? st.d / fmaxf(acc, 1e-10f) : 0.f;
+    if (a.out_T) a.out_T[pix] = st.T;
+    if (a.out_last) a.out_last[pix] = last;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+    return v;
+}
+
+template <bool COLOR, bool DEPTH>
+__global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const BlendBackwardArgs a) {
+    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
+    __shared__ int s_id[kBlockThreads];
+    __shared__ float2 s_xy[kBlockThreads];
+    __shared__ float4 s_conop[kBlockThreads];
+    __shared__ float4 s_cd[kBlockThreads];
+    __shared__ int s_max_last;
+    const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
+    const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
+    const int lane = threadIdx.x & 31;
+
+    PixelBackward st{};
+    int last = 0;
+    if (tp.inside) {
+        last = a.out_last[pix];
+        pixel_cotangents(a.out_T[pix], COLOR && a.v_image ? a.v_image + 3 * pix : nullptr,
+                         a.background + 3 * tp.cam, a.v_alpha ? a.v_alpha + pix : nullptr,
+                         DEPTH && a.v_depth ? a.v_depth + pix : nullptr, DEPTH ? a.out_depth[pix] : 0.f, st);
+    }
+    if (threadIdx.x == 0) s_max_last = 0;
+    __syncthreads();
+    atomicMax(&s_max_last, last);
+    __syncthreads();
+    const int range_end = tp.start + s_max_last;
+
+    for (int top = range_end; top > tp.start; top -= kBlockThreads) {
+        const int lo = max(tp.start, top - kBlockThreads);
+        __syncthreads();  // the previous batch is consumed
+        const int j = lo + static_cast<int>(threadIdx.x);
+        if (j < top) {
+            const int id = a.gaussian_ids[j];
+            s_id[threadIdx.x] = id;
+            load_gaussian<COLOR, DEPTH>(a, cam_off + id, s_xy, s_conop, s_cd);
+        }
+        __syncthreads();
+        for (int k = top - lo - 1; k >= 0; --k) {
+            const int rel = lo - tp.start + k;  // index of this entry in the tile's range
+            const float2 xy = s_xy[k];
+            const float4 co = s_conop[k];
+            const float4 cd = s_cd[k];
+            SampleGrad gr;
+            const bool valid = rel < last && blend_backward_sample<COLOR, DEPTH>(
+                                                 co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x, cd.y, cd.z, cd.w, tp.fx,
+                                                 tp.fy, st, gr);
+            if (!__any_sync(kFullMask, valid)) continue;
+            if (!valid) gr = SampleGrad{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, {0.f, 0.f, 0.f}, 0.f};
+            gr.mx = warp_sum(gr.mx);
+            gr.my = warp_sum(gr.my);
+            gr.ca = warp_sum(gr.ca);
+            gr.cb = warp_sum(gr.cb);
+            gr.cc = warp_sum(gr.cc);
+            gr.op = warp_sum(gr.op);
+            if (COLOR) {
+#pragma unroll
+                for (int ch = 0; ch < 3; ++ch) gr.c[ch] = warp_sum(gr.c[ch]);
+            }
+            if (DEPTH) gr.d = warp_sum(gr.d);
+            if (lane == 0) {
+                const size_t gi = cam_off + s_id[k];
+                atomicAdd(a.v_means2d + 2 * gi, gr.mx);
+                atomicAdd(a.v_means2d + 2 * gi + 1, gr.my);
+                atomicAdd(a.v_conics + 3 * gi, gr.ca);
+                atomicAdd(a.v_conics + 3 * gi + 1, gr.cb);
+                atomicAdd(a.v_conics + 3 * gi + 2, gr.cc);
+                atomicAdd(a.v_opacities + gi, gr.op);
+                if (COLOR) {
+#pragma unroll
+                    for (int ch = 0; ch < 3; ++ch) atomicAdd(a.v_colors + 3 * gi + ch, gr.c[ch]);
+                }
+                if (DEPTH) atomicAdd(a.v_depths + gi, gr.d);
+            }
+        }
+    }
+}
+
+template <bool COLOR, bool DEPTH>
+cudaError_t launch_forward(const BlendArgs& a, cudaStream_t stream) {
+    const int blocks = a.C * a.tiles_x * a.tiles_y;
+    blend_forward_kernel<COLOR, DEPTH><<<blocks, kBlockThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+}
+
+template <bool COLOR, bool DEPTH>
+cudaError_t launch_backward(const BlendBackwardArgs& a, cudaStream_t stream) {
+    const int blocks = a.C * a.tiles_x * a.tiles_y;
+    blend_backward_kernel<COLOR, DEPTH><<<blocks, kBlockThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+Status blend_forward(const BlendArgs& a, void* stream_ptr) {
+    const auto stream = static_cast<cudaStream_t>(stream_ptr);
+    if (a.C == 0 || a.tiles_x == 0 || a.tiles_y == 0) return 0;
+    const bool color = a.colors != nullptr, depth = a.depths != nullptr;
+    if (color && depth) return launch_forward<true, true>(a, stream);
+    if (color) return launch_forward<true, false>(a, stream);
+    if (depth) return launch_forward<false, true>(a, stream);
+    return launch_forward<false, false>(a, stream);
+}
+
+Status blend_backward(const BlendBackwardArgs& a, void* stream_ptr) {
+    const auto stream = static_cast<cudaStream_t>(stream_ptr);
+    if (a.C == 0 || a.tiles_x == 0 || a.tiles_y == 0) return 0;
+    const bool color = a.colors != nullptr, depth = a.depths != nullptr;
+    if (color && depth) return launch_backward<true, true>(a, stream);
+    if (color) return launch_backward<true, false>(a, stream);
+    if (depth) return launch_backward<false, true>(a, stream);
+    return launch_backward<false, false>(a, stream);
+}
+
+}  // namespace gs

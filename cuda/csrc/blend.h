@@ -1,0 +1,215 @@
+// Blend stage: per-tile front-to-back alpha blending of the sorted (tile, Gaussian) pairs, and its backward pass.
+// Mirrors renderer/_torch_impl.py::_blend: alpha = min(0.99, o exp(power)), skipped under 1/255 or where
+// power > 0, and each pixel stops before its transmittance would fall under 1e-4.
+#pragma once
+
+#include "common.h"
+
+namespace gs {
+
+struct BlendArgs {
+    int C, N;
+    int width, height;
+    int tiles_x, tiles_y;
+    const float* means2d;       // [C, N, 2]
+    const float* conics;        // [C, N, 3]
+    const float* opacities;     // [C, N]
+    const float* colors;        // [C, N, 3] or nullptr (no colour output)
+    const float* depths;        // [C, N] or nullptr (no depth output)
+    const float* background;    // [C, 3] (used with colors)
+    const int* gaussian_ids;    // [P]
+    const int* tile_offsets;    // [C * tiles_y * tiles_x + 1]
+    // outputs
+    float* out_image;  // [C, H, W, 3] (with colors)
+    float* out_alpha;  // [C, H, W]
+    float* out_depth;  // [C, H, W] (with depths)
+    float* out_T;      // [C, H, W] final transmittance, or nullptr (inference)
+    int* out_last;     // [C, H, W] number of range entries up to the last kept one, or nullptr (inference)
+};
+
+struct BlendBackwardArgs {
+    int C, N;
+    int width, height;
+    int tiles_x, tiles_y;
+    const float* means2d;
+    const float* conics;
+    const float* opacities;
+    const float* colors;       // or nullptr
+    const float* depths;       // or nullptr
+    const float* background;   // [C, 3]
+    const int* gaussian_ids;
+    const int* tile_offsets;
+    const float* out_depth;    // [C, H, W] forward depth output (with depths)
+    const float* out_T;        // [C, H, W]
+    const int* out_last;       // [C, H, W]
+    const float* v_image;      // [C, H, W, 3] or nullptr
+    const float* v_alpha;      // [C, H, W] or nullptr
+    const float* v_depth;      // [C, H, W] or nullptr
+    // outputs, accumulated (zero them first)
+    float* v_means2d;    // [C, N, 2]
+    float* v_conics;     // [C, N, 3]
+    float* v_opacities;  // [C, N]
+    float* v_colors;     // [C, N, 3] or nullptr
+    float* v_depths;     // [C, N] or nullptr
+};
+
+GS_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+GS_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+GS_HD float fast_exp(float x) {
+#if defined(__CUDA_ARCH__)
+    return __expf(x);
+#else
+    return expf(x);
+#endif
+}
+
+// Gaussian power -0.5 (a dx^2 + c dy^2) - b dx dy, rounded the same way in the forward and backward kernels
+// (no contraction), so that both take the same skip and stop decisions.
+GS_HD float gaussian_power(float ca, float cb, float cc, float dx, float dy) {
+    const float quad = add_rn(mul_rn(mul_rn(ca, dx), dx), mul_rn(mul_rn(cc, dy), dy));
+    return add_rn(mul_rn(-0.5f, quad), -mul_rn(mul_rn(cb, dx), dy));
+}
+
+// alpha of one Gaussian at one pixel; false where it is skipped (power > 0 or alpha < 1/255).
+// ``g`` receives exp(power) and ``clamped`` whether alpha hit the 0.99 clamp.
+GS_HD bool sample_alpha(float ca, float cb, float cc, float opacity, float dx, float dy, float& alpha, float& g,
+                        bool& clamped) {
+    const float power = gaussian_power(ca, cb, cc, dx, dy);
+    if (power > 0.f) return false;
+    g = fast_exp(power);
+    const float raw = mul_rn(opacity, g);
+    clamped = raw > kAlphaMax;
+    alpha = clamped ? kAlphaMax : raw;
+    return alpha >= kAlphaMin;
+}
+
+// Running state of one pixel in the forward pass.
+struct PixelForward {
+    float T;     // transmittance so far
+    float c[3];  // accumulated colour
+    float d;     // accumulated depth
+};
+
+enum SampleResult { kSkipped = 0, kKept = 1, kStop = 2 };
+
+// One front-to-back step: Gaussian (conic ca, cb, cc, opacity op, centre mx, my, colour rgb, depth) at the pixel
+// centre (fx, fy). kStop: the pixel is done, this Gaussian is not blended.
+template <bool COLOR, bool DEPTH>
+GS_HD SampleResult blend_forward_sample(float ca, float cb, float cc, float op, float mx, float my, float r, float g,
+                                        float b, float depth, float fx, float fy, PixelForward& st) {
+    float alpha, e;
+    bool clamped;
+    if (!sample_alpha(ca, cb, cc, op, fx - mx, fy - my, alpha, e, clamped)) return kSkipped;
+    const float test_T = st.T * (1.f - alpha);
+    if (test_T < kTransmittanceMin) return kStop;
+    const float w = alpha * st.T;
+    if (COLOR) {
+        st.c[0] += w * r;
+        st.c[1] += w * g;
+        st.c[2] += w * b;
+    }
+    if (DEPTH) st.d += w * depth;
+    st.T = test_T;
+    return kKept;
+}
+
+// Running state of one pixel in the backward pass (walking back to front).
+struct PixelBackward {
+    float T;        // transmittance behind the current Gaussian (starts at the final one)
+    float T_final;  // final transmittance
+    float vC[3];    // cotangent of the accumulated colour
+    float vD;       // cotangent of the accumulated depth
+    float vT;       // cotangent of the final transmittance
+    float SC[3];    // colour accumulated behind the current Gaussian
+    float SD;       // depth accumulated behind the current Gaussian
+};
+
+// Gradient of one Gaussian's sample at one pixel.
+struct SampleGrad {
+    float mx, my, ca, cb, cc, op, c[3], d;
+};
+
+// One back-to-front step for a Gaussian that the forward pass kept at this pixel (rel < last); false where the
+// forward pass skipped it (then ``grad`` is zero and the state is unchanged).
+template <bool COLOR, bool DEPTH>
+GS_HD bool blend_backward_sample(float ca, float cb, float cc, float op, float mx, float my, float r, float g,
+                                 float b, float depth, float fx, float fy, PixelBackward& st, SampleGrad& grad) {
+    grad = SampleGrad{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, {0.f, 0.f, 0.f}, 0.f};
+    const float dx = fx - mx, dy = fy - my;
+    float alpha, e;
+    bool clamped;
+    if (!sample_alpha(ca, cb, cc, op, dx, dy, alpha, e, clamped)) return false;
+    const float ra = 1.f / (1.f - alpha);
+    st.T *= ra;  // transmittance in front of this Gaussian
+    const float w = alpha * st.T;
+    float v_alpha = -st.vT * st.T_final * ra;
+    if (COLOR) {
+        const float c[3] = {r, g, b};
+        GS_UNROLL
+        for (int ch = 0; ch < 3; ++ch) {
+            grad.c[ch] = w * st.vC[ch];
+            v_alpha += st.vC[ch] * (c[ch] * st.T - st.SC[ch] * ra);
+            st.SC[ch] += w * c[ch];
+        }
+    }
+    if (DEPTH) {
+        grad.d = w * st.vD;
+        v_alpha += st.vD * (depth * st.T - st.SD * ra);
+        st.SD += w * depth;
+    }
+    if (!clamped) {
+        grad.op = v_alpha * e;
+        const float v_power = v_alpha * alpha;
+        grad.mx = v_power * (ca * dx + cb * dy);
+        grad.my = v_power * (cc * dy + cb * dx);
+        grad.ca = -0.5f * v_power * dx * dx;
+        grad.cb = -v_power * dx * dy;
+        grad.cc = -0.5f * v_power * dy * dy;
+    }
+    return true;
+}
+
+// Per-pixel cotangents of (C, D, T_final) from those of the outputs image = C + T bg, alpha = 1 - T and
+// depth = D / max(alpha, 1e-10) where alpha > 0 (else 0). v_image, bg, v_alpha, v_depth may be null.
+GS_HD void pixel_cotangents(float T_final, const float* v_image, const float* bg, const float* v_alpha,
+                            const float* v_depth, float depth_out, PixelBackward& st) {
+    st.T = T_final;
+    st.T_final = T_final;
+    st.SC[0] = st.SC[1] = st.SC[2] = 0.f;
+    st.SD = 0.f;
+    st.vC[0] = st.vC[1] = st.vC[2] = 0.f;
+    st.vD = 0.f;
+    st.vT = 0.f;
+    const float acc = 1.f - T_final;
+    float v_acc = v_alpha ? *v_alpha : 0.f;
+    if (v_image) {
+        GS_UNROLL
+        for (int ch = 0; ch < 3; ++ch) st.vC[ch] = v_image[ch];
+        st.vT += st.vC[0] * bg[0] + st.vC[1] * bg[1] + st.vC[2] * bg[2];
+    }
+    if (v_depth && acc > 0.f) {
+        st.vD = *v_depth / fmaxf(acc, 1e-10f);
+        if (acc >= 1e-10f) v_acc -= *v_depth * depth_out / acc;
+    }
+    st.vT -= v_acc;
+}
+
+// Host entry points.
+Status blend_forward(const BlendArgs& args, void* stream);
+Status blend_backward(const BlendBackwardArgs& args, void* stream);
+
+}  // namespace gs

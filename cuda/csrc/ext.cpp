@@ -1,0 +1,31 @@
+// The binding table: op schemas (namespace ``gscache``) and their CUDA implementations (see ops.h).
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(gscache, m) {
+    m.def("preprocess_forward(Tensor means, Tensor quats, Tensor log_scales, Tensor opacity_logits, Tensor sh, "
+          "Tensor viewmats, Tensor Ks, Tensor campos, int width, int height, float near, float far, int sh_degree, "
+          "bool with_colors) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("preprocess_backward(Tensor means, Tensor quats, Tensor log_scales, Tensor opacity_logits, Tensor sh, "
+          "Tensor viewmats, Tensor Ks, Tensor campos, int width, int height, int sh_degree, Tensor? v_means2d, "
+          "Tensor? v_conics, Tensor? v_depths, Tensor? v_opacities, Tensor? v_colors) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("bin_and_sort(Tensor means2d, Tensor conics, Tensor opacities, Tensor depths, Tensor radii, int width, "
+          "int height) -> (Tensor, Tensor)");
+    m.def("blend_forward(Tensor means2d, Tensor conics, Tensor opacities, Tensor? colors, Tensor? depths, "
+          "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, "
+          "bool save_for_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("blend_backward(Tensor means2d, Tensor conics, Tensor opacities, Tensor? colors, Tensor? depths, "
+          "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, Tensor? out_depth, "
+          "Tensor out_T, Tensor out_last, Tensor? v_image, Tensor? v_alpha, Tensor? v_depth) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(gscache, CUDA, m) {
+    m.impl("preprocess_forward", &gs::preprocess_forward_op);
+    m.impl("preprocess_backward", &gs::preprocess_backward_op);
+    m.impl("bin_and_sort", &gs::bin_and_sort_op);
+    m.impl("blend_forward", &gs::blend_forward_op);
+    m.impl("blend_backward", &gs::blend_backward_op);
+}

@@ -1,0 +1,49 @@
+// Torch-level ops of the native rasterizer, registered in ext.cpp (namespace ``gscache``).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace gs {
+
+// -> means2d [C,N,2], conics [C,N,3], depths [C,N], opacities [C,N], colors [C,N,3] (or [C,N,0]), radii [C,N,2]
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> preprocess_forward_op(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
+    const at::Tensor& opacity_logits, const at::Tensor& sh, const at::Tensor& viewmats, const at::Tensor& Ks,
+    const at::Tensor& campos, int64_t width, int64_t height, double near_plane, double far_plane, int64_t sh_degree,
+    bool with_colors);
+
+// -> v_means [N,3], v_quats [N,4], v_log_scales [N,3], v_opacity_logits [N], v_sh [N,K,3]
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> preprocess_backward_op(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
+    const at::Tensor& opacity_logits, const at::Tensor& sh, const at::Tensor& viewmats, const at::Tensor& Ks,
+    const at::Tensor& campos, int64_t width, int64_t height, int64_t sh_degree,
+    const std::optional<at::Tensor>& v_means2d, const std::optional<at::Tensor>& v_conics,
+    const std::optional<at::Tensor>& v_depths, const std::optional<at::Tensor>& v_opacities,
+    const std::optional<at::Tensor>& v_colors);
+
+// -> gaussian_ids [P] int32, tile_offsets [C*TY*TX+1] int32
+std::tuple<at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
+                                                   const at::Tensor& opacities, const at::Tensor& depths,
+                                                   const at::Tensor& radii, int64_t width, int64_t height);
+
+// -> image [C,H,W,3] (or empty), alpha [C,H,W,1], depth [C,H,W,1] (or empty), T [C,H,W] and last [C,H,W]
+//    (empty unless save_for_backward)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_forward_op(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
+    const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
+    const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
+    bool save_for_backward);
+
+// -> v_means2d [C,N,2], v_conics [C,N,3], v_opacities [C,N], v_colors [C,N,3] (or empty), v_depths [C,N] (or empty)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_backward_op(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
+    const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
+    const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
+    const std::optional<at::Tensor>& out_depth, const at::Tensor& out_T, const at::Tensor& out_last,
+    const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
+    const std::optional<at::Tensor>& v_depth);
+
+}  // namespace gs
