@@ -18,10 +18,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data import load_scene
-from renderer import Camera, PathSpec, Splats, StereoRig, intrinsics_from_fov, look_at, orbit_path, render
-
-from .assets import default_scene_path
+from data import default_scene_path, load_scene
+from renderer import Camera, PathSpec, Splats, StereoRig, intrinsics_from_fov, look_at, orbit_path, render, scene_frame
 
 
 @dataclass
@@ -73,19 +71,6 @@ class RenderRun:
     @property
     def median_ms(self) -> float:
         return statistics.median(self.frame_ms) if self.frame_ms else 0.0
-
-
-def scene_frame(splats: Splats, quantile: float = 0.005) -> tuple[list[float], float]:
-    """Centre and extent of a scene from the central quantiles of its means (ignores stray floaters)."""
-    if len(splats) == 0:
-        return [0.0, 0.0, 0.0], 1.0
-    means = splats.means.detach().float()
-    if len(splats) > 200_000:
-        means = means[torch.randperm(len(splats), generator=torch.Generator().manual_seed(0))[:200_000]]
-    lo = torch.quantile(means, quantile, dim=0)
-    hi = torch.quantile(means, 1 - quantile, dim=0)
-    extent = float((hi - lo).max())
-    return ((lo + hi) / 2).tolist(), extent if extent > 0 else 1.0
 
 
 def _pick_device(device: str) -> torch.device:

@@ -3,7 +3,7 @@
 from .backends import Backend, BackendUnavailableError, StagedBackend, default_registry
 from .cameras import Camera, CameraBatch, StereoRig, intrinsics_from_fov, look_at, stack_cameras
 from .frame_cache import CacheConfig, CacheFrameStats, FrameCache
-from .paths import PathSpec, head_path, orbit_path
+from .paths import PathSpec, head_path, orbit_path, scene_frame
 from .render import render
 from .splats import Splats
 from .stages import Projected, TileBins
@@ -13,5 +13,5 @@ __all__ = [
     "Backend", "BackendUnavailableError", "CacheConfig", "CacheFrameStats", "Camera", "CameraBatch", "FrameCache",
     "PathSpec", "Projected", "RenderMode", "RenderOptions", "RenderOutput", "RenderStats", "Splats", "StageTimes",
     "StagedBackend", "StereoRig", "TileBins", "default_registry", "head_path", "intrinsics_from_fov", "look_at",
-    "orbit_path", "render", "stack_cameras",
+    "orbit_path", "render", "scene_frame", "stack_cameras",
 ]

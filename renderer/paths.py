@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera, StereoRig, intrinsics_from_fov, look_at
+from .splats import Splats
 
 DEFAULT_UP = (0.0, -1.0, 0.0)
 
@@ -126,3 +127,16 @@ def _axis_angle(axis: Tensor, angle: float) -> Tensor:
     x, y, z = axis.tolist()
     k = torch.tensor([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]], dtype=torch.float64)
     return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+
+
+def scene_frame(splats: Splats, quantile: float = 0.005) -> tuple[list[float], float]:
+    """Centre and extent of a scene from the central quantiles of its means (ignores stray floaters)."""
+    if len(splats) == 0:
+        return [0.0, 0.0, 0.0], 1.0
+    means = splats.means.detach().float()
+    if len(splats) > 200_000:
+        means = means[torch.randperm(len(splats), generator=torch.Generator().manual_seed(0))[:200_000]]
+    lo = torch.quantile(means, quantile, dim=0)
+    hi = torch.quantile(means, 1 - quantile, dim=0)
+    extent = float((hi - lo).max())
+    return ((lo + hi) / 2).tolist(), extent if extent > 0 else 1.0

@@ -27,7 +27,7 @@ def resolve_backend(name: str) -> str:
 
 def build_state(config: View) -> AppState:
     """Load the scene (the bundled one when none is given; a bad file raises here, before any window opens)."""
-    from gscache.assets import default_scene_path
+    from data import default_scene_path
 
     path = Path(config.scene) if config.scene is not None else default_scene_path()
     loaded = load_scene_report(path, nonfinite="drop" if config.drop_nonfinite else "error")

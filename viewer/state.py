@@ -27,7 +27,7 @@ HISTORY = 240
 
 def scene_center_extent(splats: Splats, quantile: float = 0.005) -> tuple[list[float], float]:
     """Centre and extent of a scene (central quantiles of the means; the framing ``gscache render`` uses)."""
-    from gscache.render_job import scene_frame
+    from renderer import scene_frame
 
     return scene_frame(splats, quantile)
 

@@ -1,4 +1,4 @@
-"""Where the bundled assets live."""
+"""Where the bundled assets (scenes, fixtures) live in the source tree."""
 
 from __future__ import annotations
 
