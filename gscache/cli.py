@@ -14,6 +14,9 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from server.cli import Serve
+from viewer.cli import View
+
 from .render_job import RenderConfig, RenderRun, run_render
 
 EXIT_BAD_INPUT = 2
@@ -44,16 +47,29 @@ class Info:
 
 @dataclass
 class Convert:
-    """Convert a scene between formats (reads .ply, .compressed.ply, .splat, .spz; writes .ply, .splat)."""
+    """Convert a scene between formats (reads .ply, .compressed.ply, .splat, .spz; writes .ply, .splat), or with
+    --chunks into a chunk file for streaming large scenes (octree chunks, optional levels of detail)."""
 
     src: tyro.conf.Positional[Path]
     dst: tyro.conf.Positional[Path]
     drop_nonfinite: bool = False
+    chunks: bool = False
+    """write a chunk file (data/chunk_file.py) for streaming under a GPU memory budget"""
+    chunk_size: int = 65536
+    """with --chunks: the most Gaussians per chunk"""
+    lod_levels: int = 0
+    """with --chunks: coarser levels of detail per chunk (each merges 4x more Gaussians by moment matching)"""
 
     def run(self, console: Console) -> None:
-        from data import convert_scene
+        from data import convert_scene, convert_to_chunks
 
-        count = convert_scene(self.src, self.dst, nonfinite="drop" if self.drop_nonfinite else "error")
+        nonfinite = "drop" if self.drop_nonfinite else "error"
+        if self.chunks:
+            info = convert_to_chunks(self.src, self.dst, self.chunk_size, self.lod_levels, nonfinite=nonfinite)
+            console.print(f"wrote {self.dst} ({info.num_gaussians:,} Gaussians in {info.num_chunks:,} chunks, "
+                          f"{info.num_levels} level(s) of detail, {info.file_bytes / 2**20:.1f} MiB)")
+            return
+        count = convert_scene(self.src, self.dst, nonfinite=nonfinite)
         console.print(f"wrote {self.dst} ({count:,} Gaussians)")
 
 
@@ -97,6 +113,8 @@ Command = (
     | Annotated[Demo, tyro.conf.subcommand("demo")]
     | Annotated[Info, tyro.conf.subcommand("info")]
     | Annotated[Convert, tyro.conf.subcommand("convert")]
+    | Annotated[View, tyro.conf.subcommand("view")]
+    | Annotated[Serve, tyro.conf.subcommand("serve")]
 )
 
 
