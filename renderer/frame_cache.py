@@ -155,7 +155,7 @@ class FrameCache:
         degree = self.splats.sh_degree if sh_degree is None else sh_degree
         if not 0 <= degree <= self.splats.sh_degree:
             raise ValueError(f"sh_degree: expected 0..{self.splats.sh_degree} (the scene's degree), got {sh_degree}")
-        head, ipd = _head_of(view)
+        head, ipd = head_of(view)
         cams = stack_cameras(view, self.splats.device, self.splats.dtype)
         bg = _background(background, len(cams), self.splats.device, self.splats.dtype)
         options = RenderOptions(sh_degree=degree, background=bg, render_mode=render_mode)
@@ -193,7 +193,7 @@ class FrameCache:
             return True
         margin_world = self.config.guard_margin * self.extent
         guard = GuardFrustum(world_to_camera=head.world_to_camera.to(self.splats.device, self.splats.dtype),
-                             **_view_tangents(cams), angle=math.radians(self.config.guard_angle_deg),
+                             **view_tangents(cams), angle=math.radians(self.config.guard_angle_deg),
                              margin=margin_world + ipd / 2)
         chunk_mask = guard.sphere_mask(self.index.centers, self.index.radii)
         indices = torch.sort(self.index.members(chunk_mask)).values
@@ -205,10 +205,10 @@ class FrameCache:
 
     def _inside_guard(self, cached: _VisibleSet, pos: Tensor, rot: Tensor, cams: CameraBatch) -> bool:
         moved = float((pos - cached.head_position).norm())
-        turned = _rotation_angle(rot, cached.head_rotation)
+        turned = rotation_angle(rot, cached.head_rotation)
         if moved > self.config.guard_margin * self.extent or turned > cached.guard.angle:
             return False
-        now = _view_tangents(cams)
+        now = view_tangents(cams)
         g = cached.guard
         return all(now[k] <= getattr(g, k) + 1e-9 for k in now)
 
@@ -243,7 +243,7 @@ class FrameCache:
     def _reuse_error(self, cached: _Shading, pos: Tensor, rot: Tensor, degree: int) -> float:
         """Estimated error of reusing ``cached`` at this pose (radians of view-direction change)."""
         translation = float((pos - cached.head_position).norm()) / cached.near_distance
-        rotation = _rotation_angle(rot, cached.head_rotation)
+        rotation = rotation_angle(rot, cached.head_rotation)
         # Colours depend on the view direction only through SH of degree >= 1; order on translation and rotation.
         return translation * (1.0 if degree > 0 else 0.5) + self.config.rotation_weight * rotation
 
@@ -252,7 +252,7 @@ class FrameCache:
         if self._last_head is not None and self._shading is not None:
             last_pos, last_rot = self._last_head
             step = float((pos - last_pos).norm()) / self._shading.near_distance
-            step += self.config.rotation_weight * _rotation_angle(rot, last_rot)
+            step += self.config.rotation_weight * rotation_angle(rot, last_rot)
             self._motion_per_frame = 0.7 * self._motion_per_frame + 0.3 * step
         self._last_head = (pos, rot)
 
@@ -277,7 +277,7 @@ class FrameCache:
         return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats, projected=proj)
 
 
-def _head_of(view: Camera | StereoRig | Sequence[Camera]) -> tuple[Camera, float]:
+def head_of(view: Camera | StereoRig | Sequence[Camera]) -> tuple[Camera, float]:
     """The head camera and the inter-pupillary distance (0 for cameras)."""
     if isinstance(view, StereoRig):
         return view.head, view.ipd
@@ -303,13 +303,13 @@ def _pose(cam: Camera, splats: Splats) -> tuple[Tensor, Tensor]:
     return -(w2c[:3, :3].T @ w2c[:3, 3]), w2c[:3, :3]
 
 
-def _rotation_angle(a: Tensor, b: Tensor) -> float:
+def rotation_angle(a: Tensor, b: Tensor) -> float:
     """Angle in radians of the rotation between rotation matrices ``a`` and ``b`` ``[3, 3]``."""
     cos = (float(torch.trace(a @ b.T)) - 1.0) / 2.0
     return math.acos(max(-1.0, min(1.0, cos)))
 
 
-def _view_tangents(cams: CameraBatch) -> dict[str, float]:
+def view_tangents(cams: CameraBatch) -> dict[str, float]:
     """The union of the cameras' half-extents as tangents (left, right, up, down), plus two pixels of margin for
     the 2D low-pass, whose footprint can reach slightly beyond the projected 3D ellipsoid."""
     ks = cams.Ks.detach().to(torch.float64)

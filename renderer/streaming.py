@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .cameras import Camera, StereoRig, stack_cameras
 from .chunks import GuardFrustum
-from .frame_cache import CacheConfig, FrameCache, _head_of, _rotation_angle, _view_tangents
+from .frame_cache import CacheConfig, FrameCache, head_of, rotation_angle, view_tangents
 from .lod import floats_per_gaussian, unpack_splats
 from .render import render
 from .splats import SH_COEFFS_FOR_DEGREE, Splats
@@ -335,9 +335,9 @@ class StreamingRenderer:
     def render(self, view: Camera | StereoRig | Sequence[Camera], background: Tensor | Sequence[float] | None = None,
                render_mode: RenderMode = "rgb", sh_degree: int | None = None) -> RenderOutput:
         """Render one frame of ``view``; what the streaming did is in :attr:`last_stats`."""
-        head, ipd = _head_of(view)
+        head, ipd = head_of(view)
         cams = stack_cameras(view, "cpu", torch.float64)
-        tangents = _view_tangents(cams)
+        tangents = view_tangents(cams)
         pos, rot = _pose(head)
         self._focal = float(cams.Ks[:, :2, :2].abs().max())
         refreshed, assemble_ms = False, 0.0
@@ -360,7 +360,7 @@ class StreamingRenderer:
 
     def _inside_guard(self, visible: _Visible, pos: Tensor, rot: Tensor, tangents: dict[str, float]) -> bool:
         moved = float((pos - visible.position).norm())
-        turned = _rotation_angle(rot, visible.rotation)
+        turned = rotation_angle(rot, visible.rotation)
         if moved > self.guard_margin or turned > visible.guard.angle:
             return False
         return all(tangents[k] <= getattr(visible.guard, k) + 1e-9 for k in tangents)
