@@ -28,15 +28,33 @@ __device__ TileBox shfl_box(const TileBox& b, int src) {
     return o;
 }
 
-// Depth sort keys of the items (camera, Gaussian): the float bits of the depth (positive for visible items).
-__global__ void depth_keys_kernel(const BinArgs a, uint32_t* keys, int* items) {
+// Depth sort keys of the items (camera, Gaussian): the float bits of the depth (positive for visible items), and the
+// number of visible items per camera (one atomic per warp where the warp sees one camera).
+__global__ void depth_keys_kernel(const BinArgs a, uint32_t* keys, int* items, int* visible_counts) {
+    const int64_t total = static_cast<int64_t>(a.C) * a.N;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= static_cast<int64_t>(a.C) * a.N) return;
-    const bool visible = a.radii[2 * i] > 0 && a.radii[2 * i + 1] > 0;
-    uint32_t bits;
-    memcpy(&bits, a.depths + i, sizeof(bits));
-    keys[i] = visible ? bits : 0xffffffffu;
-    items[i] = static_cast<int>(i);
+    const bool in_range = i < total;
+    const bool visible = in_range && a.radii[2 * i] > 0 && a.radii[2 * i + 1] > 0;
+    if (in_range) {
+        uint32_t bits;
+        memcpy(&bits, a.depths + i, sizeof(bits));
+        keys[i] = visible ? bits : 0xffffffffu;
+        items[i] = static_cast<int>(i);
+    }
+    // counts: per warp into the block's counter when the warp sees only the block's first camera, else directly
+    __shared__ int s_count;
+    const int block_cam = static_cast<int>(static_cast<int64_t>(blockIdx.x) * blockDim.x / a.N);
+    if (threadIdx.x == 0) s_count = 0;
+    __syncthreads();
+    const int cam = in_range ? static_cast<int>(i / a.N) : -1;
+    const unsigned mask = __ballot_sync(kFullMask, visible);
+    if (__all_sync(kFullMask, cam == block_cam || !visible)) {
+        if ((threadIdx.x & 31) == 0 && mask != 0) atomicAdd(&s_count, __popc(mask));
+    } else if (visible) {
+        atomicAdd(visible_counts + cam, 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && s_count > 0) atomicAdd(visible_counts + block_cam, s_count);
 }
 
 // One thread per slot j of the depth order; it handles item order[j] = c * N + n. Small items are tested by their
@@ -121,64 +139,70 @@ int bits_for(int64_t values) {  // bits needed to hold 0 .. values - 1 (at least
 
 }  // namespace
 
-Status bin_count(const BinArgs& args, int* order, int* cum, ScratchAllocator scratch, void* stream_ptr) {
+Status bin_count(const BinArgs& args, uint32_t* keys0, uint32_t* keys1, int* items0, int* order, int* cum,
+                 int* visible_counts, ScratchAllocator scratch, void* stream_ptr) {
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
     const int64_t total = static_cast<int64_t>(args.C) * args.N;
     if (total == 0) return 0;
     const int n = static_cast<int>(total);
     const int blocks = static_cast<int>((total + kBinThreads - 1) / kBinThreads);
-    // 1. order the items front to back (once per item, not per pair)
-    uint32_t* depth_keys = static_cast<uint32_t*>(scratch(total * sizeof(uint32_t)));
-    uint32_t* depth_keys_sorted = static_cast<uint32_t*>(scratch(total * sizeof(uint32_t)));
-    int* items = static_cast<int*>(scratch(total * sizeof(int)));
-    depth_keys_kernel<<<blocks, kBinThreads, 0, stream>>>(args, depth_keys, items);
+    // 1. order the items front to back (once per item, not per pair); double buffers: no extra copy inside cub
+    depth_keys_kernel<<<blocks, kBinThreads, 0, stream>>>(args, keys0, items0, visible_counts);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
+    cub::DoubleBuffer<uint32_t> d_keys(keys0, keys1);
+    cub::DoubleBuffer<int> d_items(items0, order);
     size_t temp_bytes = 0;
-    err = cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, depth_keys, depth_keys_sorted, items, order, n, 0, 32,
-                                          stream);
+    err = cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, d_keys, d_items, n, 0, 32, stream);
     if (err != cudaSuccess) return err;
     void* temp = scratch(temp_bytes);
-    err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, depth_keys, depth_keys_sorted, items, order, n, 0, 32,
-                                          stream);
+    err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, d_keys, d_items, n, 0, 32, stream);
     if (err != cudaSuccess) return err;
-    // 2. pair counts in that order, and their inclusive sum
-    int* counts = static_cast<int*>(scratch(total * sizeof(int)));
-    bin_kernel<false><<<blocks, kBinThreads, 0, stream>>>(args, order, counts, nullptr, nullptr);
+    if (d_items.Current() != order) {
+        err = cudaMemcpyAsync(order, d_items.Current(), total * sizeof(int), cudaMemcpyDeviceToDevice, stream);
+        if (err != cudaSuccess) return err;
+    }
+    // 2. pair counts in that order (written into ``cum``), and their inclusive sum in place
+    bin_kernel<false><<<blocks, kBinThreads, 0, stream>>>(args, order, cum, nullptr, nullptr);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     temp_bytes = 0;
-    err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, cum, n, stream);
+    err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, cum, cum, n, stream);
     if (err != cudaSuccess) return err;
     temp = scratch(temp_bytes);
-    return cub::DeviceScan::InclusiveSum(temp, temp_bytes, counts, cum, n, stream);
+    return cub::DeviceScan::InclusiveSum(temp, temp_bytes, cum, cum, n, stream);
 }
 
-Status bin_emit_sort(const BinArgs& args, const int* order, const int* cum, int num_pairs, int* gaussian_ids,
-                     int* tile_offsets, ScratchAllocator scratch, void* stream_ptr) {
-    const auto stream = static_cast<cudaStream_t>(stream_ptr);
+Status bin_emit(const BinArgs& args, const int* order, const int* cum, uint32_t* keys, int* values, void* stream_ptr) {
     const int64_t total = static_cast<int64_t>(args.C) * args.N;
+    if (total == 0) return 0;
+    const int blocks = static_cast<int>((total + kBinThreads - 1) / kBinThreads);
+    bin_kernel<true><<<blocks, kBinThreads, 0, static_cast<cudaStream_t>(stream_ptr)>>>(args, order,
+                                                                                        const_cast<int*>(cum), keys,
+                                                                                        values);
+    return cudaGetLastError();
+}
+
+Status bin_sort(const BinArgs& args, int num_pairs, uint32_t* keys0, uint32_t* keys1, int* values0, int* values1,
+                int* selector, int* tile_offsets, ScratchAllocator scratch, void* stream_ptr) {
+    const auto stream = static_cast<cudaStream_t>(stream_ptr);
     const int64_t num_ranges = static_cast<int64_t>(args.C) * args.tiles_x * args.tiles_y;
     cudaError_t err;
-    uint32_t* keys_sorted = nullptr;
+    const uint32_t* keys_sorted = keys0;
+    *selector = 0;
     if (num_pairs > 0) {
-        uint32_t* keys = static_cast<uint32_t*>(scratch(num_pairs * sizeof(uint32_t)));
-        keys_sorted = static_cast<uint32_t*>(scratch(num_pairs * sizeof(uint32_t)));
-        int* values = static_cast<int*>(scratch(num_pairs * sizeof(int)));
-        const int blocks = static_cast<int>((total + kBinThreads - 1) / kBinThreads);
-        bin_kernel<true><<<blocks, kBinThreads, 0, stream>>>(args, order, const_cast<int*>(cum), keys, values);
-        err = cudaGetLastError();
-        if (err != cudaSuccess) return err;
         // Stable LSD radix sort over the (camera, tile) bits only: depth order within a tile is kept.
         const int end_bit = bits_for(num_ranges);
+        cub::DoubleBuffer<uint32_t> d_keys(keys0, keys1);
+        cub::DoubleBuffer<int> d_values(values0, values1);
         size_t temp_bytes = 0;
-        err = cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, keys_sorted, values, gaussian_ids, num_pairs,
-                                              0, end_bit, stream);
+        err = cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, d_keys, d_values, num_pairs, 0, end_bit, stream);
         if (err != cudaSuccess) return err;
         void* temp = scratch(temp_bytes);
-        err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_sorted, values, gaussian_ids, num_pairs, 0,
-                                              end_bit, stream);
+        err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, d_keys, d_values, num_pairs, 0, end_bit, stream);
         if (err != cudaSuccess) return err;
+        keys_sorted = d_keys.Current();
+        *selector = d_values.Current() == values0 ? 0 : 1;
     }
     const int threads = 256;
     const int blocks = static_cast<int>((num_ranges + 1 + threads - 1) / threads);

@@ -97,13 +97,20 @@ GS_HD uint64_t pair_key(int cam_tile, float depth) {
     return (static_cast<uint64_t>(cam_tile) << 32) | bits;
 }
 
-// Host entry points. The pairs are found in two passes so that only the total needs a host sync:
-// bin_count: ``order`` [C * N] receives the items (c * N + n) sorted front to back, and ``cum`` [C * N] the
-// inclusive prefix sum of their pair counts in that order; the caller reads the total (cum[C * N - 1]).
-Status bin_count(const BinArgs& args, int* order, int* cum, ScratchAllocator scratch, void* stream);
-// bin_emit_sort: writes ``gaussian_ids`` [num_pairs] (index into N, sorted by camera, tile, then depth) and
-// ``tile_offsets`` [C * tiles + 1] (start of each (camera, tile) range).
-Status bin_emit_sort(const BinArgs& args, const int* order, const int* cum, int num_pairs, int* gaussian_ids,
-                     int* tile_offsets, ScratchAllocator scratch, void* stream);
+// Host entry points. The pairs are found in passes so that only the total needs a host sync, and so that the
+// caller can free each buffer as soon as it is spent (peak memory):
+// bin_count: ``order`` [C * N] receives the items (c * N + n) sorted front to back, ``cum`` [C * N] the inclusive
+// prefix sum of their pair counts in that order (the caller reads the total, cum[C * N - 1]), ``visible_counts``
+// [C] (zeroed by the caller) the visible items per camera. ``keys0``, ``keys1`` [C * N] and ``items0`` [C * N] are
+// the depth sort's double buffers.
+Status bin_count(const BinArgs& args, uint32_t* keys0, uint32_t* keys1, int* items0, int* order, int* cum,
+                 int* visible_counts, ScratchAllocator scratch, void* stream);
+// bin_emit: writes the (camera, tile) ``keys`` [num_pairs] and Gaussian ids ``values`` [num_pairs] in depth order.
+Status bin_emit(const BinArgs& args, const int* order, const int* cum, uint32_t* keys, int* values, void* stream);
+// bin_sort: stable sort of the pairs by (camera, tile) over the double buffers (keys0/values0 hold the emitted
+// pairs); ``*selector`` says which values buffer holds the sorted Gaussian ids (0: values0, 1: values1), and
+// ``tile_offsets`` [C * tiles + 1] receives the start of each (camera, tile) range.
+Status bin_sort(const BinArgs& args, int num_pairs, uint32_t* keys0, uint32_t* keys1, int* values0, int* values1,
+                int* selector, int* tile_offsets, ScratchAllocator scratch, void* stream);
 
 }  // namespace gs

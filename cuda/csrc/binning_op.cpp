@@ -5,7 +5,7 @@
 
 namespace gs {
 
-std::tuple<at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
                                                    const at::Tensor& opacities, const at::Tensor& depths,
                                                    const at::Tensor& radii, int64_t width, int64_t height) {
     GS_CHECK_FLOAT(means2d);
@@ -39,23 +39,50 @@ std::tuple<at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, co
     a.opacities = opacities.data_ptr<float>();
     a.depths = depths.data_ptr<float>();
     a.radii = radii.data_ptr<int>();
-    TorchScratch scratch(means2d.device());
+    // Buffers are tensors released as soon as they are spent (the caching allocator reuses them stream-ordered),
+    // so that the peak is Projected + max(depth sort, pair sort) rather than their sum.
+    const int64_t total = C * N;
     int64_t num_pairs = 0;
-    at::Tensor cum = at::empty({C * N}, iopts);
-    at::Tensor order = at::empty({C * N}, iopts);
-    if (C * N > 0) {
-        check_status(bin_count(a, order.data_ptr<int>(), cum.data_ptr<int>(), scratch.allocator(), current_stream()),
+    at::Tensor visible_counts = at::zeros({C}, iopts);
+    at::Tensor cum = at::empty({total}, iopts);
+    at::Tensor order = at::empty({total}, iopts);
+    if (total > 0) {
+        at::Tensor keys0 = at::empty({total}, iopts), keys1 = at::empty({total}, iopts);
+        at::Tensor items0 = at::empty({total}, iopts);
+        TorchScratch scratch(means2d.device());
+        check_status(bin_count(a, reinterpret_cast<uint32_t*>(keys0.data_ptr<int>()),
+                               reinterpret_cast<uint32_t*>(keys1.data_ptr<int>()), items0.data_ptr<int>(),
+                               order.data_ptr<int>(), cum.data_ptr<int>(), visible_counts.data_ptr<int>(),
+                               scratch.allocator(), current_stream()),
                      "bin_count");
-        num_pairs = cum[C * N - 1].item<int>();
+        keys0.reset();
+        keys1.reset();
+        items0.reset();
+        num_pairs = cum[total - 1].item<int>();
     }
     TORCH_CHECK(num_pairs >= 0, "pair count overflowed int32");
-    at::Tensor gaussian_ids = at::empty({num_pairs}, iopts);
+    at::Tensor pair_keys0 = at::empty({num_pairs}, iopts), values0 = at::empty({num_pairs}, iopts);
+    if (num_pairs > 0) {
+        check_status(bin_emit(a, order.data_ptr<int>(), cum.data_ptr<int>(),
+                              reinterpret_cast<uint32_t*>(pair_keys0.data_ptr<int>()), values0.data_ptr<int>(),
+                              current_stream()),
+                     "bin_emit");
+    }
+    order.reset();
+    cum.reset();
+    at::Tensor pair_keys1 = at::empty({num_pairs}, iopts), values1 = at::empty({num_pairs}, iopts);
     at::Tensor tile_offsets = at::empty({num_ranges + 1}, iopts);
-    check_status(bin_emit_sort(a, order.data_ptr<int>(), cum.data_ptr<int>(), static_cast<int>(num_pairs),
-                               gaussian_ids.data_ptr<int>(), tile_offsets.data_ptr<int>(), scratch.allocator(),
-                               current_stream()),
-                 "bin_emit_sort");
-    return {gaussian_ids, tile_offsets};
+    int selector = 0;
+    {
+        TorchScratch scratch(means2d.device());
+        check_status(bin_sort(a, static_cast<int>(num_pairs), reinterpret_cast<uint32_t*>(pair_keys0.data_ptr<int>()),
+                              reinterpret_cast<uint32_t*>(pair_keys1.data_ptr<int>()), values0.data_ptr<int>(),
+                              values1.data_ptr<int>(), &selector, tile_offsets.data_ptr<int>(), scratch.allocator(),
+                              current_stream()),
+                     "bin_sort");
+    }
+    at::Tensor gaussian_ids = selector == 0 ? values0 : values1;
+    return {gaussian_ids, tile_offsets, visible_counts};
 }
 
 }  // namespace gs

@@ -1,6 +1,7 @@
 // Blend kernels: one 16x16 thread block per (camera, tile), one pixel per thread; the tile's Gaussians are
-// staged through shared memory in batches of 256. The backward pass walks each tile back to front, rebuilding the
-// transmittance by division, and reduces each Gaussian's gradient over the warp before one atomic add per value.
+// staged through shared memory in batches of 256 with their base-2 footprints. The backward pass walks each tile back
+// to front, rebuilding the transmittance by division, and reduces each Gaussian's gradient over the warp before one
+// atomic add per value.
 #include "blend.h"
 
 namespace gs {
@@ -47,12 +48,35 @@ __device__ __forceinline__ void load_gaussian(const Args& a, size_t g, float2* s
     s_cd[threadIdx.x] = cd;
 }
 
+// Per-Gaussian features as the forward kernel stages them (the footprint computed once per staging, not per pixel).
+struct StagedGaussian {
+    float4 a;  // mx, my, opacity, thr
+    float4 b;  // A, B, Cq, depth
+    float4 c;  // r, g, b, -
+};
+
+template <bool COLOR, bool DEPTH>
+__device__ __forceinline__ StagedGaussian gather_gaussian(const BlendArgs& a, size_t g) {
+    StagedGaussian s;
+    const float op = a.opacities[g];
+    const float2 xy = make_float2(a.means2d[2 * g], a.means2d[2 * g + 1]);
+    const Footprint f = make_footprint(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], op);
+    s.a = make_float4(xy.x, xy.y, op, f.thr);
+    s.b = make_float4(f.A, f.B, f.Cq, DEPTH ? a.depths[g] : 0.f);
+    s.c = COLOR ? make_float4(a.colors[3 * g], a.colors[3 * g + 1], a.colors[3 * g + 2], 0.f)
+                : make_float4(0.f, 0.f, 0.f, 0.f);
+    return s;
+}
+
+// Forward: one 16x16 block per (camera, tile), one pixel per thread; batches of 256 Gaussians staged in shared
+// memory with their footprints (base-2 conic, alpha cut-off on the power), so that a sample costs two FMAs for the
+// power and a compare before any exponential.
 template <bool COLOR, bool DEPTH>
 __global__ void __launch_bounds__(kBlockThreads) blend_forward_kernel(const BlendArgs a) {
     const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
-    __shared__ float2 s_xy[kBlockThreads];
-    __shared__ float4 s_conop[kBlockThreads];
-    __shared__ float4 s_cd[kBlockThreads];  // r, g, b, depth
+    __shared__ float4 s_a[kBlockThreads];  // mx, my, opacity, thr
+    __shared__ float4 s_b[kBlockThreads];  // A, B, Cq, depth
+    __shared__ float4 s_c[kBlockThreads];  // r, g, b, -
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     PixelForward st{1.f, {0.f, 0.f, 0.f}, 0.f};
     int last = 0;
@@ -60,17 +84,37 @@ __global__ void __launch_bounds__(kBlockThreads) blend_forward_kernel(const Blen
     for (int base = tp.start; base < tp.end; base += kBlockThreads) {
         if (__syncthreads_count(done) == kBlockThreads) break;
         const int j = base + static_cast<int>(threadIdx.x);
-        if (j < tp.end) load_gaussian<COLOR, DEPTH>(a, cam_off + a.gaussian_ids[j], s_xy, s_conop, s_cd);
+        if (j < tp.end) {
+            const StagedGaussian g = gather_gaussian<COLOR, DEPTH>(a, cam_off + a.gaussian_ids[j]);
+            s_a[threadIdx.x] = g.a;
+            s_b[threadIdx.x] = g.b;
+            if (COLOR) s_c[threadIdx.x] = g.c;
+        }
         __syncthreads();
         const int count = min(kBlockThreads, tp.end - base);
         for (int k = 0; !done && k < count; ++k) {
-            const float2 xy = s_xy[k];
-            const float4 co = s_conop[k];
-            const float4 cd = s_cd[k];
-            const SampleResult res = blend_forward_sample<COLOR, DEPTH>(co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x,
-                                                                        cd.y, cd.z, cd.w, tp.fx, tp.fy, st);
-            if (res == kStop) done = true;
-            if (res == kKept) last = base - tp.start + k + 1;
+            const float4 ga = s_a[k];
+            const float4 gb = s_b[k];
+            const float dx = tp.fx - ga.x;
+            const float p2 = power2_hoisted(gb.z, mul_rn(gb.y, dx), mul_rn(mul_rn(gb.x, dx), dx), tp.fy - ga.y);
+            float alpha, e;
+            bool clamped;
+            if (!alpha_from_power2(p2, ga.z, ga.w, alpha, e, clamped)) continue;
+            const float test_T = st.T * (1.f - alpha);
+            if (test_T < kTransmittanceMin) {
+                done = true;
+                break;
+            }
+            const float w = alpha * st.T;
+            if (COLOR) {
+                const float4 gc = s_c[k];
+                st.c[0] += w * gc.x;
+                st.c[1] += w * gc.y;
+                st.c[2] += w * gc.z;
+            }
+            if (DEPTH) st.d += w * gb.w;
+            st.T = test_T;
+            last = base - tp.start + k + 1;
         }
     }
     if (!tp.inside) return;
@@ -101,6 +145,7 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
     __shared__ float2 s_xy[kBlockThreads];
     __shared__ float4 s_conop[kBlockThreads];
     __shared__ float4 s_cd[kBlockThreads];
+    __shared__ float4 s_fp[kBlockThreads];  // A, B, Cq, thr
     __shared__ int s_max_last;
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
@@ -128,6 +173,9 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
             const int id = a.gaussian_ids[j];
             s_id[threadIdx.x] = id;
             load_gaussian<COLOR, DEPTH>(a, cam_off + id, s_xy, s_conop, s_cd);
+            const float4 co = s_conop[threadIdx.x];
+            const Footprint f = make_footprint(co.x, co.y, co.z, co.w);
+            s_fp[threadIdx.x] = make_float4(f.A, f.B, f.Cq, f.thr);
         }
         __syncthreads();
         for (int k = top - lo - 1; k >= 0; --k) {
@@ -135,9 +183,11 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
             const float2 xy = s_xy[k];
             const float4 co = s_conop[k];
             const float4 cd = s_cd[k];
+            const float4 fp = s_fp[k];
+            const Footprint f{fp.x, fp.y, fp.z, fp.w};
             SampleGrad gr;
             const bool valid = rel < last && blend_backward_sample<COLOR, DEPTH>(
-                                                 co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x, cd.y, cd.z, cd.w, tp.fx,
+                                                 f, co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x, cd.y, cd.z, cd.w, tp.fx,
                                                  tp.fy, st, gr);
             if (!__any_sync(kFullMask, valid)) continue;
             if (!valid) gr = SampleGrad{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, {0.f, 0.f, 0.f}, 0.f};

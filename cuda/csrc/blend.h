@@ -69,32 +69,61 @@ GS_HD float add_rn(float a, float b) {
 #endif
 }
 
-GS_HD float fast_exp(float x) {
+GS_HD float fma_rn(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
-    return __expf(x);
+    return __fmaf_rn(a, b, c);
 #else
-    return expf(x);
+    return fmaf(a, b, c);
 #endif
 }
 
-// Gaussian power -0.5 (a dx^2 + c dy^2) - b dx dy, rounded the same way in the forward and backward kernels
-// (no contraction), so that both take the same skip and stop decisions.
-GS_HD float gaussian_power(float ca, float cb, float cc, float dx, float dy) {
-    const float quad = add_rn(mul_rn(mul_rn(ca, dx), dx), mul_rn(mul_rn(cc, dy), dy));
-    return add_rn(mul_rn(-0.5f, quad), -mul_rn(mul_rn(cb, dx), dy));
+GS_HD float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
 }
 
-// alpha of one Gaussian at one pixel; false where it is skipped (power > 0 or alpha < 1/255).
+constexpr float kLog2e = 1.4426950408889634f;
+
+// One Gaussian's footprint as the blend evaluates it (FlashGS-style): the conic pre-multiplied by -0.5 log2(e) so
+// that the power comes out in base 2 from two FMAs, and the alpha >= 1/255 test moved onto the power (``thr``), so
+// that samples under the cut-off need no exponential.
+struct Footprint {
+    float A, B, Cq;  // power2 = A dx^2 + B dx dy + Cq dy^2 = log2(e) * (-0.5 (a dx^2 + c dy^2) - b dx dy)
+    float thr;       // log2(1/255 / opacity): samples with power2 < thr are skipped
+};
+
+GS_HD Footprint make_footprint(float ca, float cb, float cc, float opacity) {
+    Footprint f;
+    f.A = mul_rn(ca, -0.5f * kLog2e);
+    f.B = mul_rn(cb, -kLog2e);
+    f.Cq = mul_rn(cc, -0.5f * kLog2e);
+    f.thr = opacity > 0.f ? log2f(kAlphaMin / opacity) : INFINITY;
+    return f;
+}
+
+// The base-2 power at offset (dx, dy), rounded the same way everywhere (explicit roundings, no contraction), so
+// that the forward and backward kernels take the same skip and stop decisions. ``bdx`` = mul_rn(B, dx) and
+// ``adx2`` = mul_rn(mul_rn(A, dx), dx) may be computed once per pixel column.
+GS_HD float power2_hoisted(float Cq, float bdx, float adx2, float dy) { return fma_rn(fma_rn(Cq, dy, bdx), dy, adx2); }
+
+GS_HD float power2(const Footprint& f, float dx, float dy) {
+    return power2_hoisted(f.Cq, mul_rn(f.B, dx), mul_rn(mul_rn(f.A, dx), dx), dy);
+}
+
+// alpha of one sample from its base-2 power; false where it is skipped (power > 0 or under the 1/255 cut-off).
 // ``g`` receives exp(power) and ``clamped`` whether alpha hit the 0.99 clamp.
-GS_HD bool sample_alpha(float ca, float cb, float cc, float opacity, float dx, float dy, float& alpha, float& g,
-                        bool& clamped) {
-    const float power = gaussian_power(ca, cb, cc, dx, dy);
-    if (power > 0.f) return false;
-    g = fast_exp(power);
+GS_HD bool alpha_from_power2(float p2, float opacity, float thr, float& alpha, float& g, bool& clamped) {
+    if (p2 > 0.f || p2 < thr) return false;
+    g = fast_exp2(p2);
     const float raw = mul_rn(opacity, g);
     clamped = raw > kAlphaMax;
     alpha = clamped ? kAlphaMax : raw;
-    return alpha >= kAlphaMin;
+    return true;
 }
 
 // Running state of one pixel in the forward pass.
@@ -106,14 +135,14 @@ struct PixelForward {
 
 enum SampleResult { kSkipped = 0, kKept = 1, kStop = 2 };
 
-// One front-to-back step: Gaussian (conic ca, cb, cc, opacity op, centre mx, my, colour rgb, depth) at the pixel
+// One front-to-back step: Gaussian (footprint f, opacity op, centre mx, my, colour rgb, depth) at the pixel
 // centre (fx, fy). kStop: the pixel is done, this Gaussian is not blended.
 template <bool COLOR, bool DEPTH>
-GS_HD SampleResult blend_forward_sample(float ca, float cb, float cc, float op, float mx, float my, float r, float g,
-                                        float b, float depth, float fx, float fy, PixelForward& st) {
+GS_HD SampleResult blend_forward_sample(const Footprint& f, float op, float mx, float my, float r, float g, float b,
+                                        float depth, float fx, float fy, PixelForward& st) {
     float alpha, e;
     bool clamped;
-    if (!sample_alpha(ca, cb, cc, op, fx - mx, fy - my, alpha, e, clamped)) return kSkipped;
+    if (!alpha_from_power2(power2(f, fx - mx, fy - my), op, f.thr, alpha, e, clamped)) return kSkipped;
     const float test_T = st.T * (1.f - alpha);
     if (test_T < kTransmittanceMin) return kStop;
     const float w = alpha * st.T;
@@ -145,14 +174,16 @@ struct SampleGrad {
 
 // One back-to-front step for a Gaussian that the forward pass kept at this pixel (rel < last); false where the
 // forward pass skipped it (then ``grad`` is zero and the state is unchanged).
+// ``f`` is make_footprint(ca, cb, cc, op).
 template <bool COLOR, bool DEPTH>
-GS_HD bool blend_backward_sample(float ca, float cb, float cc, float op, float mx, float my, float r, float g,
-                                 float b, float depth, float fx, float fy, PixelBackward& st, SampleGrad& grad) {
+GS_HD bool blend_backward_sample(const Footprint& f, float ca, float cb, float cc, float op, float mx, float my,
+                                 float r, float g, float b, float depth, float fx, float fy, PixelBackward& st,
+                                 SampleGrad& grad) {
     grad = SampleGrad{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, {0.f, 0.f, 0.f}, 0.f};
     const float dx = fx - mx, dy = fy - my;
     float alpha, e;
     bool clamped;
-    if (!sample_alpha(ca, cb, cc, op, dx, dy, alpha, e, clamped)) return false;
+    if (!alpha_from_power2(power2(f, dx, dy), op, f.thr, alpha, e, clamped)) return false;
     const float ra = 1.f / (1.f - alpha);
     st.T *= ra;  // transmittance in front of this Gaussian
     const float w = alpha * st.T;

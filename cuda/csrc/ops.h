@@ -25,9 +25,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> preproces
     const std::optional<at::Tensor>& v_colors);
 
 // -> gaussian_ids [P] int32, tile_offsets [C*TY*TX+1] int32
-std::tuple<at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
-                                                   const at::Tensor& opacities, const at::Tensor& depths,
-                                                   const at::Tensor& radii, int64_t width, int64_t height);
+// Returns (gaussian_ids [P], tile_offsets [C * tiles + 1], visible items per camera [C]), all int32.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
+                                                               const at::Tensor& opacities, const at::Tensor& depths,
+                                                               const at::Tensor& radii, int64_t width,
+                                                               int64_t height);
 
 // -> image [C,H,W,3] (or empty), alpha [C,H,W,1], depth [C,H,W,1] (or empty), T [C,H,W] and last [C,H,W]
 //    (empty unless save_for_backward)

@@ -43,8 +43,10 @@ void blend_forward_host(const BlendArgs& a) {
                 for (int j = start; j < end; ++j) {
                     const size_t g = static_cast<size_t>(c) * a.N + a.gaussian_ids[j];
                     const float* col = COLOR ? a.colors + 3 * g : nullptr;
+                    const Footprint f = make_footprint(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2],
+                                                       a.opacities[g]);
                     const SampleResult res = blend_forward_sample<COLOR, DEPTH>(
-                        a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], a.opacities[g], a.means2d[2 * g],
+                        f, a.opacities[g], a.means2d[2 * g],
                         a.means2d[2 * g + 1], COLOR ? col[0] : 0.f, COLOR ? col[1] : 0.f, COLOR ? col[2] : 0.f,
                         DEPTH ? a.depths[g] : 0.f, fx, fy, st);
                     if (res == kStop) break;
@@ -81,8 +83,10 @@ void blend_backward_host(const BlendBackwardArgs& a) {
                     const size_t g = static_cast<size_t>(c) * a.N + a.gaussian_ids[j];
                     const float* col = COLOR ? a.colors + 3 * g : nullptr;
                     SampleGrad gr;
+                    const Footprint f = make_footprint(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2],
+                                                       a.opacities[g]);
                     if (!blend_backward_sample<COLOR, DEPTH>(
-                            a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], a.opacities[g],
+                            f, a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], a.opacities[g],
                             a.means2d[2 * g], a.means2d[2 * g + 1], COLOR ? col[0] : 0.f, COLOR ? col[1] : 0.f,
                             COLOR ? col[2] : 0.f, DEPTH ? a.depths[g] : 0.f, fx, fy, st, gr)) {
                         continue;

@@ -80,15 +80,22 @@ def sort(projected: Projected, cams: CameraBatch) -> TileBins:
 
     ``gaussian_ids`` and ``tile_offsets`` are int32 (the torch backend's are int64; both blends take either).
     """
+    return sort_with_counts(projected, cams)[0]
+
+
+@torch.no_grad()
+def sort_with_counts(projected: Projected, cams: CameraBatch) -> tuple[TileBins, Tensor]:
+    """:func:`sort`, plus the visible Gaussians per camera ``[C]`` (int32) that the sort counts on the way."""
     ops = load_native(projected.means2d.device)
     keys = projected.depths if projected.order_keys is None else projected.order_keys  # [C, N], >= 0 where visible
-    ids, offsets = ops.bin_and_sort(projected.means2d.detach().contiguous(), projected.conics.detach().contiguous(),
-                                    projected.opacities.detach().contiguous(),
-                                    keys.detach().to(torch.float32).contiguous(),
-                                    projected.radii.to(torch.int32).contiguous(), cams.width, cams.height)
+    ids, offsets, visible = ops.bin_and_sort(projected.means2d.detach().contiguous(),
+                                             projected.conics.detach().contiguous(),
+                                             projected.opacities.detach().contiguous(),
+                                             keys.detach().to(torch.float32).contiguous(),
+                                             projected.radii.to(torch.int32).contiguous(), cams.width, cams.height)
     tiles_x = (cams.width + TILE_SIZE - 1) // TILE_SIZE
     tiles_y = (cams.height + TILE_SIZE - 1) // TILE_SIZE
-    return TileBins(ids, offsets, TILE_SIZE, tiles_x, tiles_y)
+    return TileBins(ids, offsets, TILE_SIZE, tiles_x, tiles_y), visible
 
 
 class _Blend(torch.autograd.Function):
