@@ -105,7 +105,7 @@ class _VisibleSet:
     head_rotation: Tensor  # [3, 3]
     indices: Tensor  # [V]
     splats: Splats  # the V Gaussians
-    covariances: Tensor  # [V, 3, 3]
+    covariances: Tensor | None  # [V, 3, 3] (None when the backend does not use them)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ class FrameCache:
             raise ValueError(f"backend: the frame cache needs a backend with stages, {chosen.name!r} has none")
         self.backend = chosen
         with torch.no_grad():
-            self.covariances = splats.covariances().detach()  # [N, 3, 3], once per scene
+            # [N, 3, 3] once per scene, for backends that read them (native builds them in registers instead)
+            self.covariances = splats.covariances().detach() if chosen.uses_covariances else None
             self.index: ChunkIndex = build_chunk_index(splats, self.config.chunk_size)
             lo, hi = splats.bounds()
             self.extent = max(float((hi - lo).max()), 1e-6)
@@ -197,8 +198,8 @@ class FrameCache:
                              margin=margin_world + ipd / 2)
         chunk_mask = guard.sphere_mask(self.index.centers, self.index.radii)
         indices = torch.sort(self.index.members(chunk_mask)).values
-        self._visible = _VisibleSet(guard, pos, rot, indices, self.splats.subset(indices),
-                                    self.covariances[indices])
+        covariances = None if self.covariances is None else self.covariances[indices]
+        self._visible = _VisibleSet(guard, pos, rot, indices, self.splats.subset(indices), covariances)
         self._shading = None
         self._totals["visible"] += 1
         return False

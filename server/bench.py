@@ -24,6 +24,7 @@ import torch
 
 from renderer.backends import Backend, BackendRegistry, default_registry
 from renderer.cameras import CameraBatch, StereoRig, stack_cameras
+from renderer.frame_cache import FrameCache
 from renderer.paths import head_path, orbit_path
 from renderer.types import RenderOptions
 
@@ -33,6 +34,7 @@ from .bench_scenes import BenchScene, resolve_scene
 PathName = Literal["orbit", "head"]
 PATH_FRAMES: dict[str, int] = {"orbit": 48, "head": 240}
 PROTOCOL_MIN_WARMUP, PROTOCOL_MIN_TIMED = 8, 96
+CACHE_SUFFIX = "-cache"
 PSNR_CAP_DB = 100.0  # identical images: the MSE is floored at 1e-10 so that the JSON never holds inf
 MIB = 1024.0 * 1024.0
 
@@ -44,7 +46,8 @@ class BenchConfig:
     Attributes:
         scenes: scene ids (``guitar``, ``playbot``, ``guitar-g8``, ``guitar-g8-sh3``, a path to a ``.ply``, ...).
         paths: camera paths, ``orbit`` (48 poses) and/or ``head`` (240 poses).
-        renderers: registered backend names to time (``native``, ``gsplat-unpacked``, ``gsplat-packed``, ``torch``).
+        renderers: registered backend names to time (``native``, ``gsplat-unpacked``, ``gsplat-packed``, ``torch``),
+            or ``<backend>-cache`` (``native-cache``, ``torch-cache``) for the frame cache over a staged backend.
         reference: renderer the PSNR is taken against; the first of ``renderers`` when None.
         quality: measure PSNR against ``reference`` (one extra render per pose and renderer, untimed).
         width: image width per eye (the protocol: 2064).
@@ -152,7 +155,8 @@ def run_benchmark(config: BenchConfig, registry: BackendRegistry | None = None) 
     registry = default_registry() if registry is None else registry
     device = resolve_device(config.device)
     names = list(dict.fromkeys([*config.renderers, *([config.reference_name] if config.quality else [])]))
-    backends = {name: registry.resolve(name, device) for name in names}  # fails early, naming what is missing
+    # fails early, naming what is missing; "<backend>-cache" renders through the frame cache over <backend>
+    backends = {name: registry.resolve(_base_backend(name), device) for name in names}
     rows: list[BenchRow] = []
     with torch.inference_mode(), _progress(config.progress) as progress:
         task = progress.add_task("bench", total=_total_renders(config))
@@ -216,15 +220,17 @@ def _run_scene_path(config: BenchConfig, scene: BenchScene, path: str, backends:
     timings: dict[str, CaseTiming] = {}
     for name in config.renderers:
         describe(f"{scene.id} {path} {name}")
-        timings[name] = _time_case(backends[name], scene, batches, options, background, config.warmup_frames, frames,
-                                   advance)
+        source = _FrameSource(name, backends[name], scene, rigs, batches, options, background, config.eyes)
+        timings[name] = _time_case(source, scene, config.warmup_frames, frames, advance)
     quality: dict[str, Quality] = {}
     reference = config.reference_name
     others = [n for n in config.renderers if n != reference]
     if config.quality and others:
         describe(f"{scene.id} {path} quality vs {reference}")
         poses = batches[:min(frames, len(batches))]
-        quality = _measure_quality(backends, reference, others, scene, poses, options, background, advance)
+        sources = {n: _FrameSource(n, backends[n], scene, rigs, batches, options, background, config.eyes)
+                   for n in [reference, *others]}
+        quality = _measure_quality(sources, reference, others, len(poses), advance)
     offset = None if config.principal_offset == (0.0, 0.0) else tuple(config.principal_offset)
     return [_row(config, scene, path, name, timings[name], quality.get(name),
                  reference if name in quality else None, offset) for name in config.renderers]
@@ -235,15 +241,39 @@ def _camera_batch(rig: StereoRig, eyes: int, device: torch.device, dtype: torch.
     return stack_cameras(rig if eyes == 2 else rig.head, device, dtype)
 
 
-def _time_case(backend: Backend, scene: BenchScene, batches: Sequence[CameraBatch], options: RenderOptions,
-               background: torch.Tensor, warmup: int, frames: int, advance: Callable[[], None]) -> CaseTiming:
-    """Warm up, then time ``frames`` frames cycling through ``batches``.
+def _base_backend(name: str) -> str:
+    """The backend under a renderer name: ``native-cache`` -> ``native``."""
+    return name.removesuffix(CACHE_SUFFIX)
+
+
+class _FrameSource:
+    """Frame ``i`` of a path for one renderer: a backend call on the i-th camera batch, or, for ``*-cache``
+    renderers, the frame cache fed the path's rigs in order (a new cache per source, so each case starts cold)."""
+
+    def __init__(self, name: str, backend: Backend, scene: BenchScene, rigs: Sequence[StereoRig],
+                 batches: Sequence[CameraBatch], options: RenderOptions, background: torch.Tensor, eyes: int) -> None:
+        self.backend, self.scene, self.rigs, self.batches = backend, scene, rigs, batches
+        self.options, self.background, self.eyes = options, background, eyes
+        self.cache = FrameCache(scene.splats, backend=_base_backend(name)) if name.endswith(CACHE_SUFFIX) else None
+
+    def render(self, i: int) -> torch.Tensor:
+        """The image ``[C, H, W, 3]`` of frame ``i`` (cycling through the path)."""
+        if self.cache is not None:
+            rig = self.rigs[i % len(self.rigs)]
+            return self.cache.render(rig if self.eyes == 2 else rig.head, background=self.background).image
+        cams = self.batches[i % len(self.batches)]
+        return self.backend.render(self.scene.splats, cams, self.options, self.background).image
+
+
+def _time_case(source: _FrameSource, scene: BenchScene, warmup: int, frames: int,
+               advance: Callable[[], None]) -> CaseTiming:
+    """Warm up on the last ``warmup`` poses, then time ``frames`` frames from pose 0, cycling through ``batches``.
 
     Peak extra memory is ``max_memory_allocated`` over the case (warm-up included, so that buffers a backend keeps
     between frames count) minus what was allocated when the case began: the scene, the cameras, and whatever
     earlier cases left resident.
     """
-    device, splats = scene.splats.device, scene.splats
+    device = scene.splats.device
     baseline = 0
     if device.type == "cuda":
         _free(device)
@@ -251,10 +281,10 @@ def _time_case(backend: Backend, scene: BenchScene, batches: Sequence[CameraBatc
         torch.cuda.reset_peak_memory_stats(device)
 
     def frame(i: int) -> None:
-        out = backend.render(splats, batches[i % len(batches)], options, background)
-        del out
+        image = source.render(i)
+        del image
 
-    for i in range(warmup):
+    for i in range(-warmup, 0):  # the path's last poses, so that a cyclic path (orbit) runs on into pose 0
         frame(i)
         advance()
     timer = _FrameTimer(device)
@@ -291,15 +321,15 @@ class _FrameTimer:
         return float(self.start.elapsed_time(self.end))
 
 
-def _measure_quality(backends: dict[str, Backend], reference: str, others: Sequence[str], scene: BenchScene,
-                     poses: Sequence[CameraBatch], options: RenderOptions, background: torch.Tensor,
+def _measure_quality(sources: dict[str, _FrameSource], reference: str, others: Sequence[str], poses: int,
                      advance: Callable[[], None]) -> dict[str, Quality]:
-    """PSNR of each of ``others`` against ``reference`` on every pose; one reference render per pose."""
+    """PSNR of each of ``others`` against ``reference`` on every pose, in path order (so that cached renderers see
+    the path as they would in use); one reference render per pose."""
     scores: dict[str, list[float]] = {name: [] for name in others}
-    for cams in poses:
-        ref = backends[reference].render(scene.splats, cams, options, background).image
+    for i in range(poses):
+        ref = sources[reference].render(i)
         for name in others:
-            image = backends[name].render(scene.splats, cams, options, background).image
+            image = sources[name].render(i)
             scores[name].append(psnr(image, ref))
             del image
             advance()

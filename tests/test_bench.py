@@ -244,3 +244,21 @@ def test_harness_gsplat_vs_torch_on_gpu(tmp_path: Path, random_ply: Path) -> Non
     (row,) = run_benchmark(config).rows
     assert row.peak_extra_mib is not None and row.peak_extra_mib > 0
     assert row.reference == "torch" and row.psnr_min >= 45.0
+
+
+def test_frame_cache_renderer_in_the_harness(tmp_path):
+    """`<backend>-cache` renders through the frame cache along the path; quality is taken in path order."""
+    from server.bench import BenchConfig, run_benchmark
+
+    scene = tmp_path / "scene.ply"
+    from data import save_scene
+    from renderer import Splats
+
+    save_scene(scene, Splats.random(300, sh_degree=1, seed=2))
+    config = BenchConfig(scenes=(str(scene),), paths=("head",), renderers=("torch", "torch-cache"), width=32,
+                         height=24, warmup_frames=1, timed_frames=3, cover_path=False, device="cpu", progress=False,
+                         plot=False)
+    rows = {row.renderer: row for row in run_benchmark(config).rows}
+    assert set(rows) == {"torch", "torch-cache"}
+    cached = rows["torch-cache"]
+    assert cached.reference == "torch" and cached.psnr_min >= 40 and cached.frames == 3

@@ -44,7 +44,13 @@ class ViewerApp:
     # ----- lifecycle --------------------------------------------------------------------------
     def post_init(self) -> None:
         self.ctx = moderngl.create_context()  # attaches to the window's current context
-        self.state.pipeline = FramePipeline(self.ctx, self.state.backend, async_sort=True)
+        state = self.state
+        try:
+            state.pipeline = FramePipeline(self.ctx, state.backend, async_sort=True, remote=state.remote)
+        except (ValueError, RuntimeError) as err:  # e.g. remote without its packages: show the error, render locally
+            state.error = f"backend {state.backend!r}: {err}"
+            state.backend = "gl"
+            state.pipeline = FramePipeline(self.ctx, "gl", async_sort=True, remote=state.remote)
         self._install_drop_callback()
 
     def before_exit(self) -> None:

@@ -15,7 +15,8 @@ from rich.console import Console
 
 @dataclass
 class View:
-    """Open the desktop viewer (the bundled scene when no SCENE), or export a camera path to video headlessly."""
+    """Open the desktop viewer (the bundled scene when no SCENE, or a render server's stream with --remote), or
+    export a camera path to video headlessly."""
 
     scene: tyro.conf.Positional[Path | None] = None
     """Scene file (.ply, .compressed.ply, .splat, .spz); the bundled scene when omitted."""
@@ -45,6 +46,14 @@ class View:
     """OpenGL context for --export-path: egl (no display needed), glx (needs DISPLAY) or auto."""
     drop_nonfinite: bool = False
     """Drop Gaussians with NaN/Inf values instead of refusing the file."""
+    remote: str | None = None
+    """Show frames streamed from a render server (`gscache serve`) at this URL, e.g. ws://127.0.0.1:8765."""
+    token: str | None = None
+    """The server's token for --remote ($GSCACHE_SERVER_TOKEN when omitted, which keeps it out of `ps`)."""
+    remote_format: Literal["jpeg", "png", "raw"] = "jpeg"
+    """Frame encoding asked of the server with --remote (png and raw are lossless)."""
+    remote_quality: int = 90
+    """JPEG quality (1..100) with --remote."""
 
     def run(self, console: Console) -> None:
         self._check()
@@ -66,3 +75,22 @@ class View:
             raise ValueError(f"--scale: expected 0.05..1, got {self.scale}")
         if self.sh_degree is not None and not 0 <= self.sh_degree <= 3:
             raise ValueError(f"--sh-degree: expected 0..3, got {self.sh_degree}")
+        if self.remote is not None:
+            if self.scene is not None:
+                raise ValueError("SCENE and --remote exclude each other: the viewer shows the server's loaded scene")
+            if self.export_path is not None:
+                raise ValueError("--export-path renders locally; it does not work with --remote")
+            self.remote_spec()  # raises ValueError naming a bad URL, format or quality
+        elif self.token is not None:
+            raise ValueError("--token is the render server's token: it goes with --remote")
+
+    def remote_spec(self):
+        """The ``RemoteSpec`` of ``--remote`` (None without it)."""
+        if self.remote is None:
+            return None
+        import os
+
+        from .remote import RemoteSpec
+
+        token = self.token if self.token is not None else os.environ.get("GSCACHE_SERVER_TOKEN") or None
+        return RemoteSpec(self.remote, token, self.remote_format, self.remote_quality)

@@ -6,7 +6,7 @@ import numpy as np
 from imgui_bundle import ImVec2, ImVec4, imgui, implot, portable_file_dialogs
 
 from .pipeline import STEREO_LAYOUTS
-from .sources import SOURCE_NAMES
+from .sources import REMOTE, SOURCE_NAMES
 from .state import AppState
 
 MODES = ["rgb", "depth", "alpha"]
@@ -28,6 +28,7 @@ def show_gui(state: AppState) -> None:
         scene_panel(state)
         view_panel(state)
         render_panel(state)
+        remote_panel(state)
         stereo_panel(state)
         path_panel(state)
         export_panel(state)
@@ -76,8 +77,14 @@ def scene_panel(state: AppState) -> None:
     if not imgui.collapsing_header("Scene", imgui.TreeNodeFlags_.default_open):
         return
     slot = state.scene
+    source = state.remote_source
+    info = source.client.scene_info if source is not None else None
+    if info is not None:
+        imgui.text(f"{info.get('name', '?')}  (on the server)")
+        imgui.text(f"{int(info.get('gaussians', 0)):,} Gaussians, SH degree {info.get('sh_degree', '?')}")
     name = slot.path.name if slot.path is not None else "(none)"
-    imgui.text(f"{name}  {slot.fmt}")
+    if info is None or slot.path is not None:
+        imgui.text(f"{name}  {slot.fmt}")
     if slot.splats is not None:
         imgui.text(f"{len(slot.splats):,} Gaussians, SH degree {slot.splats.sh_degree}")
     if imgui.button("Open...") and state.file_dialog is None:
@@ -113,7 +120,7 @@ def view_panel(state: AppState) -> None:
 def render_panel(state: AppState) -> None:
     if not imgui.collapsing_header("Render", imgui.TreeNodeFlags_.default_open):
         return
-    names = list(SOURCE_NAMES)
+    names = [*SOURCE_NAMES, REMOTE] if state.remote is not None else list(SOURCE_NAMES)
     changed, index = imgui.combo("backend", names.index(state.backend), names)
     if changed:
         state.set_backend(names[index])
@@ -122,6 +129,7 @@ def render_panel(state: AppState) -> None:
         state.scale = scale
         state.mark_dirty()
     top = state.scene.splats.sh_degree if state.scene.splats is not None else 3
+    imgui.begin_disabled(state.backend == REMOTE)  # the server renders colour at its scene's own SH degree
     changed, degree = imgui.slider_int("SH degree", min(state.sh_degree, top), 0, top)
     if changed:
         state.sh_degree = degree
@@ -130,6 +138,7 @@ def render_panel(state: AppState) -> None:
     if changed:
         state.mode = MODES[mode]
         state.mark_dirty()
+    imgui.end_disabled()
     changed, color = imgui.color_edit3("background", list(state.background))
     if changed:
         state.background = tuple(color)
@@ -138,6 +147,34 @@ def render_panel(state: AppState) -> None:
     imgui.same_line()
     if imgui.button("Screenshot"):
         state.request_screenshot(state.screenshot_file)
+
+
+_LEVEL_COLOURS = {"ok": ImVec4(0.4, 0.9, 0.4, 1.0), "busy": ImVec4(1.0, 0.8, 0.3, 1.0),
+                  "bad": ImVec4(1.0, 0.35, 0.3, 1.0)}
+
+
+def remote_panel(state: AppState) -> None:
+    """The render server: URL, token, connect; the connection's state and the newest frame's numbers."""
+    source = state.remote_source
+    flags = imgui.TreeNodeFlags_.default_open if state.remote is not None else 0
+    if not imgui.collapsing_header("Remote server", flags):
+        return
+    _, state.remote_url = imgui.input_text("URL##remote", state.remote_url)
+    _, state.remote_token = imgui.input_text("token##remote", state.remote_token, imgui.InputTextFlags_.password)
+    if imgui.button("Connect"):
+        state.connect_remote(state.remote_url, state.remote_token or None)
+    if source is not None:
+        imgui.same_line()
+        if imgui.button("Reconnect now"):
+            source.client.reconnect()
+        level, text = state.remote_status
+        imgui.push_text_wrap_pos(0.0)
+        imgui.text_colored(_LEVEL_COLOURS[level], text)
+        imgui.pop_text_wrap_pos()
+        for line in source.info_lines():
+            imgui.text_disabled(line)
+    elif state.remote is not None:
+        imgui.text_disabled(f"backend {state.backend}: choose 'remote' to stream from {state.remote.url}")
 
 
 def stereo_panel(state: AppState) -> None:

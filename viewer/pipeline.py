@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import moderngl
 import numpy as np
@@ -17,6 +18,9 @@ from renderer import Camera, Splats, StereoRig, intrinsics_from_fov
 
 from ._glsl import BLIT_FRAGMENT, COMPOSE_FRAGMENT, FULLSCREEN_VERTEX
 from .sources import FrameSource, RenderSettings, SourceFrame, make_source
+
+if TYPE_CHECKING:
+    from .remote import RemoteSpec
 
 STEREO_LAYOUTS = {"mono": 0, "side-by-side": 1, "anaglyph": 2}
 _MODE_IDS = {"rgb": 0, "depth": 1, "alpha": 2}
@@ -63,16 +67,18 @@ class FrameRequest:
     ipd: float = 0.064
     scale: float = 1.0
 
-    def eye_cameras(self) -> list[Camera]:
-        """The cameras of the eye buffers (one for mono, left and right for stereo), already scaled."""
+    def head_camera(self) -> Camera:
+        """The head camera at the eye buffers' size (scaled): what a render server is sent with ``stereo``/``ipd``."""
         if self.stereo not in STEREO_LAYOUTS:
             raise ValueError(f"stereo: expected one of {', '.join(STEREO_LAYOUTS)}, got {self.stereo!r}")
         eye_w = max(1, self.width // 2) if self.stereo == "side-by-side" else self.width
         head = self.view.camera(eye_w, self.height)
-        cams = [head] if self.stereo == "mono" else list(StereoRig(head, self.ipd).eyes())
-        if self.scale != 1.0:
-            cams = [c.scaled(self.scale) for c in cams]
-        return cams
+        return head.scaled(self.scale) if self.scale != 1.0 else head
+
+    def eye_cameras(self) -> list[Camera]:
+        """The cameras of the eye buffers (one for mono, left and right for stereo), already scaled."""
+        head = self.head_camera()
+        return [head] if self.stereo == "mono" else list(StereoRig(head, self.ipd).eyes())
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,14 @@ class FramePipeline:
         ctx: the moderngl context (window or standalone).
         backend: the first frame source (see ``viewer.sources.make_source``).
         async_sort: let the GL source sort on a worker thread (interactive use).
+        remote: the render server of the ``remote`` source.
     """
 
-    def __init__(self, ctx: moderngl.Context, backend: str = "gl", async_sort: bool = False) -> None:
+    def __init__(self, ctx: moderngl.Context, backend: str = "gl", async_sort: bool = False,
+                 remote: RemoteSpec | None = None) -> None:
         self.ctx = ctx
         self.async_sort = async_sort
+        self.remote = remote
         self._compose = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=COMPOSE_FRAGMENT)
         self._blit = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=BLIT_FRAGMENT)
         self._compose_vao = ctx.vertex_array(self._compose, [])
@@ -133,12 +142,12 @@ class FramePipeline:
         self._eyes = [_Target(), _Target()]
         self._output = _Target()
         self.splats: Splats | None = None
-        self.source: FrameSource = make_source(backend, ctx, async_sort)
+        self.source: FrameSource = make_source(backend, ctx, async_sort, remote)
         self.backend = backend
 
     def set_backend(self, backend: str) -> None:
         """Switch the frame source (the scene is handed over); raises ``ValueError`` if it is unavailable."""
-        source = make_source(backend, self.ctx, self.async_sort)
+        source = make_source(backend, self.ctx, self.async_sort, self.remote)
         if self.splats is not None:
             source.set_scene(self.splats)
         self.source.release()
@@ -156,6 +165,9 @@ class FramePipeline:
         """Render ``request`` into the output texture (``request.width`` x ``request.height``, RGBA8)."""
         start = time.perf_counter()
         cams = request.eye_cameras()
+        begin = getattr(self.source, "begin_frame", None)
+        if begin is not None:  # sources that need the whole request first (remote: one stereo request per frame)
+            begin(request, cams)
         reports = []
         for cam, target in zip(cams, self._eyes):
             fbo = target.ensure(self.ctx, (cam.width, cam.height), "f4")

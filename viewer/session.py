@@ -29,6 +29,8 @@ def build_state(config: View) -> AppState:
     """Load the scene (the bundled one when none is given; a bad file raises here, before any window opens)."""
     from data import default_scene_path
 
+    if config.remote is not None:
+        return _remote_state(config)
     path = Path(config.scene) if config.scene is not None else default_scene_path()
     loaded = load_scene_report(path, nonfinite="drop" if config.drop_nonfinite else "error")
     state = AppState(backend=resolve_backend(config.backend), mode=config.mode, stereo=config.stereo,
@@ -41,6 +43,18 @@ def build_state(config: View) -> AppState:
         state.sh_degree = min(config.sh_degree, loaded.splats.sh_degree)
     default_scale = 0.25 if state.backend == "torch" and not torch.cuda.is_available() else 1.0
     state.scale = config.scale if config.scale is not None else default_scale
+    return state
+
+
+def _remote_state(config: View) -> AppState:
+    """No local scene: the frames come from the server, which also gives the framing (``GET /scenes``)."""
+    spec = config.remote_spec()
+    state = AppState(backend="remote", mode="rgb", stereo=config.stereo, background=tuple(config.background),
+                     remote=spec, remote_url=spec.url, remote_token=spec.token or "")
+    state.status = f"streaming from {spec.stream_url}"
+    if config.ipd is not None:
+        state.ipd = config.ipd
+    state.scale = config.scale if config.scale is not None else 1.0
     return state
 
 

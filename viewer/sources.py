@@ -4,7 +4,10 @@
 - ``torch``, ``native``, ``auto``: :class:`RendererSource`, ``renderer.render`` on CPU or CUDA, the image uploaded
   to the eye buffer's texture (a host round trip through a reused pinned buffer on CUDA; CUDA-GL interop, which
   would skip it, is not done yet);
-- a remote (streamed) source will plug in here once the render server exists.
+- ``remote``: :class:`viewer.remote.RemoteSource`, frames streamed from a ``gscache serve`` render server.
+
+A source may also have ``begin_frame(request, cameras)``, which the pipeline calls with the whole request before
+the per-eye ``render`` calls (left, then right).
 
 An eye buffer is a float RGBA texture holding (colour over the background, alpha) in ``rgb`` mode, (depth * alpha,
 alpha) in ``depth`` mode and (-, alpha) in ``alpha`` mode; the compose pass (``viewer/pipeline.py``) shades it.
@@ -25,6 +28,7 @@ from renderer import Camera, Splats, render
 from .gl_splats import GLSplatRenderer
 
 SOURCE_NAMES = ("gl", "torch", "native", "auto")
+REMOTE = "remote"
 
 
 @dataclass(frozen=True)
@@ -162,12 +166,20 @@ def _depth_range(depth: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def make_source(name: str, ctx: moderngl.Context, async_sort: bool = False) -> FrameSource:
-    """The frame source called ``name`` (one of :data:`SOURCE_NAMES`).
+def make_source(name: str, ctx: moderngl.Context, async_sort: bool = False, remote=None) -> FrameSource:
+    """The frame source called ``name`` (one of :data:`SOURCE_NAMES`, or ``remote`` with a ``RemoteSpec``).
 
     ``auto`` is ``native`` on CUDA when PyTorch sees a GPU, else the GL splat renderer (which is far faster than
-    ``torch`` on a CPU). Raises ``ValueError`` for an unknown name or a CUDA backend without CUDA.
+    ``torch`` on a CPU). Raises ``ValueError`` for an unknown name or a CUDA backend without CUDA, and
+    ``RuntimeError`` for ``remote`` without its packages.
     """
+    if name == REMOTE:
+        if remote is None:
+            raise ValueError("remote: no server given (gscache view --remote ws://host:port, or Connect in the "
+                             "Remote server panel)")
+        from .remote import RemoteSource
+
+        return RemoteSource(remote)
     if name not in SOURCE_NAMES:
         raise ValueError(f"backend: expected one of {', '.join(SOURCE_NAMES)}, got {name!r}")
     if name == "auto":

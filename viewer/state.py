@@ -20,7 +20,8 @@ from .camera_control import CameraController
 from .camera_path import CameraPath, Keyframe
 from .export import ExportSpec, VideoExport, save_png
 from .pipeline import FramePipeline, FrameRequest, FrameResult, ViewSpec
-from .sources import RenderSettings
+from .remote import RemoteSource, RemoteSpec
+from .sources import REMOTE, RenderSettings
 
 HISTORY = 240
 
@@ -81,6 +82,10 @@ class AppState:
     frames_left: int | None = None
     exit_screenshot: Path | None = None
     file_dialog: object | None = None
+    remote: RemoteSpec | None = None
+    remote_url: str = "ws://127.0.0.1:8765"
+    remote_token: str = ""
+    _remote_scene_key: tuple | None = None
     _loader: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "scene-loader"))
     _pending_load: tuple[Path, Future] | None = None
     _screenshot_request: Path | None = None
@@ -123,7 +128,8 @@ class AppState:
             self.open_scene(first)
 
     def poll(self) -> None:
-        """Collect a finished load and a closed file dialog; call once per UI frame."""
+        """Collect a finished load, a closed file dialog and remote frames; call once per UI frame."""
+        self._poll_remote()
         if self._pending_load is not None and self._pending_load[1].done():
             path, future = self._pending_load
             self._pending_load = None
@@ -141,6 +147,68 @@ class AppState:
             chosen = dialog.result()
             if chosen:
                 self.on_files_dropped(list(chosen))
+
+    # ----- remote server ----------------------------------------------------------------------
+    @property
+    def remote_source(self) -> RemoteSource | None:
+        """The frame source when it is the render server's stream."""
+        source = self.pipeline.source if self.pipeline is not None else None
+        return source if isinstance(source, RemoteSource) else None
+
+    @property
+    def remote_status(self) -> tuple[str, str] | None:
+        """``(level, text)`` of the stream: ``ok``/``busy``/``bad`` and connecting / connected / lost: reason;
+        reconnecting in N s / refused: reason, or a refused size; None when not streaming."""
+        source = self.remote_source
+        return source.status_line() if source is not None else None
+
+    def connect_remote(self, url: str | None = None, token: str | None = None) -> None:
+        """Stream from the render server at ``url`` (a new connection; errors end up in :attr:`error`)."""
+        url = self.remote_url if url is None else url
+        token = (self.remote_token or None) if token is None else token
+        try:
+            base = self.remote or RemoteSpec(url)
+            spec = RemoteSpec(url, token, base.format, base.quality, base.backoff_s, base.open_timeout_s)
+        except ValueError as err:
+            self.error = str(err)
+            return
+        self.remote, self.remote_url, self.remote_token = spec, url, token or ""
+        self._remote_scene_key = None
+        if self.pipeline is not None:
+            self.pipeline.remote = spec
+        self.set_backend(REMOTE)
+
+    def _poll_remote(self) -> None:
+        source = self.remote_source
+        if source is None:
+            return
+        if source.has_new_frame:
+            self.mark_dirty()
+        client = source.client
+        client.gated = True  # poses wait for the framing below (else the first one shows the default camera)
+        seq, info = client.connection()
+        key = None if info is None else (info.get("name"), info.get("version"), tuple(info.get("center", ())))
+        if key is not None and key != self._remote_scene_key:
+            self._remote_scene_key = key
+            self._frame_remote_scene(info)
+        if source.framed_seq != seq:  # a new connection: the next render requests a pose with this framing and
+            source.framed_seq = seq   # acknowledges it, which lets poses flow
+            self.mark_dirty()
+
+    def _frame_remote_scene(self, info: dict) -> None:
+        """Frame the server's scene (the default view), unless a local scene is open and framed already."""
+        try:
+            center = [float(v) for v in info["center"]][:3]
+            extent = float(info["extent"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if len(center) != 3 or not extent > 0:
+            return
+        if self.scene.splats is None:
+            self.scene = SceneSlot(None, None, "remote", extent)
+        self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg, self.camera.up)
+        self.ipd = 0.064 * extent
+        self.mark_dirty()
 
     # ----- camera -----------------------------------------------------------------------------
     def mark_dirty(self) -> None:
@@ -180,7 +248,8 @@ class AppState:
         return ViewSpec(self.camera.world_to_camera(), self.camera.fov_x_deg, near, 1e10)
 
     def frame_request(self, width: int, height: int) -> FrameRequest:
-        settings = RenderSettings(self.mode, self.sh_degree, tuple(self.background))
+        mode = "rgb" if self.backend == REMOTE else self.mode  # the server streams colour only
+        settings = RenderSettings(mode, self.sh_degree, tuple(self.background))
         return FrameRequest(self.view(), width, height, settings, self.stereo, self.ipd, self.scale)
 
     # ----- rendering (GL context current) ------------------------------------------------------
@@ -189,6 +258,8 @@ class AppState:
         if self.pipeline is None:
             self.backend = name
             return
+        if name == REMOTE and self.pipeline.remote is None:
+            self.pipeline.remote = self.remote
         try:
             self.pipeline.set_backend(name)
         except (ValueError, RuntimeError) as err:

@@ -34,7 +34,12 @@ class Backend(ABC):
 
 
 class StagedBackend(Backend):
-    """A backend with stage-level entry points (preprocess -> sort -> blend) that the frame cache can reuse."""
+    """A backend with stage-level entry points (preprocess -> sort -> blend) that the frame cache can reuse.
+
+    ``uses_covariances``: whether ``preprocess`` reads precomputed 3D covariances (so the frame cache keeps them).
+    """
+
+    uses_covariances: bool = False
 
     @abstractmethod
     def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,

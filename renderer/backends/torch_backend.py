@@ -16,6 +16,7 @@ class TorchBackend(StagedBackend):
     """Reference rasterizer in PyTorch (see :mod:`renderer._torch_impl`)."""
 
     name = "torch"
+    uses_covariances = True
 
     def __init__(self, tile_size: int = TILE_SIZE, round_size: int = 32) -> None:
         self.tile_size = tile_size
