@@ -14,7 +14,9 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from server.bench import BenchConfig, bench_main
 from server.cli import Serve
+from training.cli import Train
 from viewer.cli import View
 
 from .render_job import RenderConfig, RenderRun, run_render
@@ -94,6 +96,32 @@ class Demo(RenderConfig):
         _report(run_render(self, console), console)
 
 
+@dataclass(frozen=True)
+class Bench(BenchConfig):
+    """Run the benchmark protocol of BENCHMARK.md (scenes x paths x renderers, peers in the same run) and write the
+    result JSON and plot; with --server URL, measure a running server's motion-to-photon latency instead."""
+
+    server: str | None = None
+    """URL of a running `gscache serve` (client mode: poses over /stream, latency per frame)."""
+    token: str | None = None
+    """With --server: the server's token (default: $GSCACHE_SERVER_TOKEN)."""
+    poses: int = 120
+    """With --server: measured poses."""
+    rate_hz: float = 0.0
+    """With --server: 0 for closed loop, else the rate poses are sent at."""
+
+    def run(self, console: Console) -> None:
+        if self.server is None:
+            bench_main(self)
+            return
+        from server.cli import BenchClient
+
+        BenchClient(server=self.server, token=self.token, poses=self.poses, warmup=self.warmup_frames,
+                    rate_hz=self.rate_hz, path=self.paths[0], width=self.width, height=self.height,
+                    mono=self.eyes == 1, fov=self.fov_x_deg,
+                    out=self.out_dir / "server-latency.json").run(console)
+
+
 def _vec(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
@@ -113,8 +141,10 @@ Command = (
     | Annotated[Demo, tyro.conf.subcommand("demo")]
     | Annotated[Info, tyro.conf.subcommand("info")]
     | Annotated[Convert, tyro.conf.subcommand("convert")]
+    | Annotated[Train, tyro.conf.subcommand("train")]
     | Annotated[View, tyro.conf.subcommand("view")]
     | Annotated[Serve, tyro.conf.subcommand("serve")]
+    | Annotated[Bench, tyro.conf.subcommand("bench")]
 )
 
 

@@ -172,3 +172,20 @@ def test_stats_and_bad_arguments():
         cache.render(next(_walk(1)), render_mode="x")
     with pytest.raises(ValueError, match="chunk_size and max_depth must be >= 1"):
         CacheConfig(chunk_size=0)
+
+
+@pytest.mark.gpu
+def test_native_cache_culls_exactly_and_holds_quality_on_cuda():
+    scene = _spread_scene(sh_degree=0).to("cuda")
+    exact = FrameCache(scene, backend="native", config=CacheConfig(chunk_size=64, error_budget=0.0, max_depth=1))
+    for view in _walk(6):
+        torch.testing.assert_close(exact.render(view).image, render(scene, view, backend="native").image,
+                                   atol=1e-5, rtol=0)
+    assert exact.covariances is None  # native builds covariances in registers
+    sh3 = Splats.random(4000, sh_degree=3, seed=8, extent=1.0).to("cuda")
+    spec = PathSpec(center=(0.0, 0.0, 0.0), extent=2.0, width=256, height=256, fov_x_deg=90)
+    cache = FrameCache(sh3, backend="native")
+    rigs = list(head_path(spec, frames=60))
+    psnrs = [_psnr(cache.render(rig).image, render(sh3, rig, backend="native").image) for rig in rigs]
+    assert min(psnrs) >= 40 and sum(min(p, 100) for p in psnrs) / len(psnrs) >= 45
+    assert cache.last_stats.shading_refreshes < len(rigs)
