@@ -14,13 +14,12 @@ from typing import Literal
 
 import tyro
 
-from .client import ClientBenchConfig, ClientBenchResult, bench_client_main
 from .config import ServerConfig, ServerLimits
 
 TOKEN_ENV = "GSCACHE_SERVER_TOKEN"
 SERVER_EXTRA_HINT = "the render server needs the 'server' extra: pip install -e \".[server]\""
 
-__all__ = ["TOKEN_ENV", "BenchClient", "ClientBenchConfig", "ClientBenchResult", "Serve", "bench_client_main"]
+__all__ = ["TOKEN_ENV", "BenchClient", "Serve"]
 
 
 @dataclass
@@ -44,13 +43,16 @@ class Serve:
     """auto, cpu, cuda, cuda:N."""
     max_streams: int = 4
     max_inflight_requests: int = 32
+    max_queued_renders: int = 8
+    """Renders waiting for the render thread (503 beyond); a stream or an HTTP render holds at most one."""
     shutdown_grace_s: float = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def config(self) -> ServerConfig:
         token = self.token if self.token is not None else os.environ.get(TOKEN_ENV) or None
         scenes_dir = self.scenes_dir or (self.scene.parent if self.scene is not None else Path.cwd())
-        limits = ServerLimits(max_streams=self.max_streams, max_inflight_requests=self.max_inflight_requests)
+        limits = ServerLimits(max_streams=self.max_streams, max_inflight_requests=self.max_inflight_requests,
+                              max_queued_renders=self.max_queued_renders)
         return ServerConfig(scenes_dir=scenes_dir, scene=self.scene, host=self.host, port=self.port, token=token,
                             insecure_no_token=self.insecure_no_token, backend=self.backend, device=self.device,
                             shutdown_grace_s=self.shutdown_grace_s, limits=limits)
@@ -92,7 +94,9 @@ class BenchClient:
     out: Path | None = None
     """Also write the result JSON here."""
 
-    def config(self) -> ClientBenchConfig:
+    def config(self):  # -> server.client.ClientBenchConfig (imported lazily: it needs pydantic)
+        from .client import ClientBenchConfig
+
         token = self.token if self.token is not None else os.environ.get(TOKEN_ENV) or None
         return ClientBenchConfig(server_url=self.server, token=token, poses=self.poses, warmup=self.warmup,
                                  rate_hz=self.rate_hz, path=self.path, width=self.width, height=self.height,
@@ -100,6 +104,8 @@ class BenchClient:
 
     def run(self, console) -> None:  # console: rich.console.Console
         _require_server_extra()
+        from .client import bench_client_main
+
         bench_client_main(self.config(), console)
 
 
