@@ -14,17 +14,17 @@ python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_native.py tests/test_
   tests/test_render_torch.py 2>&1 | tail -25
 
 step "bench: orbit, native vs gsplat (issue 3)"
-python3 -m gscache bench --scenes guitar playbot guitar-g4 guitar-g8 guitar-g12 --paths orbit \
+python3 -m gscache bench --revision "${GSCACHE_REVISION:-unknown}" --scenes guitar playbot guitar-g4 guitar-g8 guitar-g12 --paths orbit \
   --renderers native gsplat-unpacked gsplat-packed --data-dir "$data" --out-dir "$out" --what orbit-native-vs-gsplat \
   --no-progress
 
 step "bench: head, frame cache (issue 4)"
-python3 -m gscache bench --scenes guitar-g8 guitar-g12 guitar-g8-sh3 --paths head orbit \
+python3 -m gscache bench --revision "${GSCACHE_REVISION:-unknown}" --scenes guitar-g8 guitar-g12 guitar-g8-sh3 --paths head orbit \
   --renderers native native-cache gsplat-unpacked gsplat-packed --data-dir "$data" --out-dir "$out" \
   --what head-orbit-native-cache --no-progress
 
 step "bench: mono native, for the viewer's display overhead (issue 6)"
-python3 -m gscache bench --scenes guitar --paths orbit --renderers native --eyes 1 --data-dir "$data" \
+python3 -m gscache bench --revision "${GSCACHE_REVISION:-unknown}" --scenes guitar --paths orbit --renderers native --eyes 1 --data-dir "$data" \
   --out-dir "$out" --what guitar-mono-native --no-progress
 
 step "viewer: GL splat renderer and CUDA path through EGL (issue 6)"
