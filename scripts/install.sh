@@ -3,7 +3,7 @@
 #   GSCACHE_VENV         where the virtual environment lives (default: .venv in the repository root)
 #   GSCACHE_TORCH_SPEC   how to install PyTorch when it is missing (default: torch==2.13.0; for a CUDA build use
 #                        e.g. "torch --index-url https://download.pytorch.org/whl/cu130")
-#   GSCACHE_EXTRAS       extras to install (default: dev,train,viewer,server)
+#   GSCACHE_EXTRAS       extras to install (default: dev,train,viewer,server,cluster)
 #   GSCACHE_APT=0        skip installing the Debian packages listed below
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +37,7 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" $spec
 fi
 
-extras="${GSCACHE_EXTRAS:-dev,train,viewer,server}"
+extras="${GSCACHE_EXTRAS:-dev,train,viewer,server,cluster}"
 echo "[gscache] installing gscache[$extras]"
 "${pip[@]}" -e "$root[$extras]"
 echo "[gscache] ready: $venv/bin/gscache"
