@@ -48,7 +48,10 @@ def intrinsics_from_fov(width: int, height: int, fov_x_deg: float, cx: float | N
     """Pinhole ``K`` ``[3, 3]`` with square pixels and horizontal field of view ``fov_x_deg``."""
     if not 0.0 < fov_x_deg < 180.0:
         raise ValueError(f"fov_x_deg: expected a value in (0, 180), got {fov_x_deg}")
-    f = 0.5 * width / math.tan(math.radians(fov_x_deg) / 2)
+    half_tan = math.tan(math.radians(fov_x_deg) / 2)
+    f = 0.5 * width / half_tan if half_tan > 0 else math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"fov_x_deg: {fov_x_deg} is too small to give a finite focal length")
     cx = width / 2 if cx is None else cx
     cy = height / 2 if cy is None else cy
     return torch.tensor([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)

@@ -60,7 +60,7 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
             raise BadRequest(f"empty body: expected a JSON object ({model.__name__})")
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        except (ValueError, RecursionError) as err:  # also integers over Python's 4300-digit limit (a ValueError)
             raise BadRequest(f"malformed JSON: {err}") from None
         try:
             return model.model_validate(data)

@@ -6,6 +6,7 @@ the pose as ``world_to_camera`` (OpenCV, 4x4) or ``c2w_opengl`` (OpenGL/Blender 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -32,6 +33,15 @@ def _matrix(rows: int, cols: int):
 
 Matrix4 = Annotated[list[Annotated[list[FiniteFloat], Field(max_length=8)]], Field(max_length=8), _matrix(4, 4)]
 Matrix3 = Annotated[list[Annotated[list[FiniteFloat], Field(max_length=8)]], Field(max_length=8), _matrix(3, 3)]
+
+
+def _nonzero_tangent(fov_x_deg: float) -> float:
+    if math.tan(math.radians(fov_x_deg) / 2) == 0.0:  # 5e-324 passes gt=0 but its focal length divides by zero
+        raise ValueError(f"{fov_x_deg} degrees is too small: the focal length would be infinite")
+    return fov_x_deg
+
+
+FovDeg = Annotated[FiniteFloat, Field(gt=0.0, lt=180.0), AfterValidator(_nonzero_tangent)]
 Side = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
 Unit = Annotated[FiniteFloat, Field(ge=0.0, le=1.0)]
 
@@ -64,7 +74,7 @@ class ViewSpec(_Strict):
     width: Side = 640
     height: Side = 480
     K: Matrix3 | None = None
-    fov_x_deg: Annotated[FiniteFloat, Field(gt=0.0, lt=180.0)] | None = None
+    fov_x_deg: FovDeg | None = None
     near: Annotated[FiniteFloat, Field(gt=0.0)] = 0.01
     far: Annotated[FiniteFloat, Field(gt=0.0)] = 1e10
     stereo: bool = False
@@ -130,7 +140,7 @@ class BenchRequest(_Strict):
     width: Side = 2064
     height: Side = 2208
     eyes: Literal[1, 2] = 2
-    fov_x_deg: Annotated[FiniteFloat, Field(gt=0.0, lt=180.0)] = 90.0
+    fov_x_deg: FovDeg = 90.0
     warmup_frames: Annotated[int, Field(ge=0, le=64)] = 8
     timed_frames: Annotated[int, Field(ge=1)] = 96
     cover_path: bool = False

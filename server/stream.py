@@ -183,16 +183,22 @@ class StreamSession:
                     await self._send_error("binary messages are not accepted; send poses as JSON text")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
+        except Exception:  # noqa: BLE001 - a failed receiver must end the stream, not leave it open and unread
+            log.exception("stream: receiving failed")
+            self.stop(CLOSE_INTERNAL, "internal error")
+            return
         self.disconnected = True
         self.stop(CLOSE_NORMAL, "")
 
     async def _handle_text(self, text: str) -> None:
         metrics = self.state.metrics
         try:
-            message = _MESSAGES.validate_python(json.loads(text))
-        except (json.JSONDecodeError, RecursionError) as err:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as err:  # also integers over Python's 4300-digit limit (a ValueError)
             metrics.stream_poses.inc(outcome="invalid")
             return await self._send_error(f"malformed JSON: {err}")
+        try:
+            message = _MESSAGES.validate_python(data)
         except ValidationError as err:
             metrics.stream_poses.inc(outcome="invalid")
             return await self._send_error("invalid message", problems=format_problems(err))

@@ -142,6 +142,12 @@ def test_stereo_rig_eyes():
         StereoRig(head, ipd=-1.0)
 
 
+def test_intrinsics_from_fov_rejects_degenerate_angles():
+    for fov in (0.0, 180.0, 5e-324, float("nan")):
+        with pytest.raises(ValueError, match="fov_x_deg"):
+            intrinsics_from_fov(64, 48, fov)
+
+
 def test_look_at_rejects_degenerate():
     with pytest.raises(ValueError, match="eye and target coincide"):
         look_at((1, 1, 1), (1, 1, 1), (0, -1, 0))
