@@ -117,7 +117,7 @@ def main() -> None:
     names = args.renderers.split(",")
     rows = []
     print("gpu", torch.cuda.get_device_name(), flush=True)
-    for scene_id in args.scenes.split(","):
+    for scene_id in filter(None, args.scenes.split(",")):  # --scenes "" with --train: the training step only
         scene = resolve_scene(scene_id, Path(args.data_dir), "cuda")
         batches = [stack_cameras(r, "cuda", torch.float32) for r in orbit_path(scene.path_spec())]
         bg = torch.zeros(2, 3, device="cuda")
