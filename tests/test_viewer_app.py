@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,25 +31,6 @@ GUITAR = ROOT / "assets" / "fixtures" / "guitar_2k.ply"
 # goes through the window's pipeline and 8-bit output, which adds at most half a grey level of rounding (> 50 dB),
 # so the issue's 35 dB holds for the screenshot too; a wrong camera, size or orientation gives < 20 dB.
 SCREENSHOT_PSNR = 35.0
-
-
-@pytest.fixture(scope="session")
-def xvfb_display():
-    """A private Xvfb server (``:N`` picked by Xvfb itself); yields the DISPLAY string."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb); the window tests need an X server")
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        number = pipe.readline().strip()
-    if not number:
-        proc.kill()
-        pytest.skip("Xvfb did not start")
-    yield f":{number}"
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def _run_view(display: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -23,16 +23,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "assets" / "fixtures"
 PSNR_TARGET = 35.0  # the target for the GL renderer against the torch reference
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    from viewer.gl_context import standalone_context
-
-    try:
-        context = standalone_context("auto")
-    except OSError as err:
-        pytest.skip(f"no OpenGL 3.3 context here (needs Mesa EGL or Xvfb): {err}")
-    yield context
-    context.release()
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -50,16 +49,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # ----- fixtures -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ctx():
-    from viewer.gl_context import standalone_context
-
-    try:
-        context = standalone_context("auto")
-    except OSError as err:
-        pytest.skip(f"no OpenGL 3.3 context here (needs Mesa EGL or Xvfb): {err}")
-    yield context
-    context.release()
 
 
 def server_config(**changes) -> ServerConfig:
@@ -238,25 +227,6 @@ def test_view_cli_checks_remote_arguments(capsys) -> None:
 
 
 # ----- the real window --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def xvfb_display():
-    """A private Xvfb server (``:N`` picked by Xvfb itself); yields the DISPLAY string."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb); the window test needs an X server")
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        number = pipe.readline().strip()
-    if not number:
-        proc.kill()
-        pytest.skip("Xvfb did not start")
-    yield f":{number}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def test_window_streams_from_the_server(xvfb_display, server, splats, tmp_path) -> None:
     shot = tmp_path / "remote.png"
     env = dict(os.environ, DISPLAY=xvfb_display, PYTHONPATH=str(ROOT))
