@@ -75,6 +75,8 @@ class MultiGpuConfig:
     data_dir: Path | None = None
     simulate: bool = False
     sim_frame_ms: float = 20.0
+    sim_speeds: tuple[float, ...] = (1.0,)
+    """Relative speeds of the simulated workers, cycled (e.g. 1 0.5 0.75: unequal GPUs); worker 0 is the 1-GPU case."""
     out_dir: Path | None = ROOT / "benchmarks" / "results"
     what: str = "multi-gpu"
 
@@ -108,12 +110,17 @@ def _scene(config: MultiGpuConfig, scene_id: str) -> _Scene:
 def _workers(config: MultiGpuConfig, scene_id: str, count: int) -> list:
     if config.simulate:
         ms_per_mpix = config.sim_frame_ms / (2 * config.width * config.height / 1e6)
-        return [SimulatedWorker(ms_per_mpix=ms_per_mpix, name=f"sim{i}") for i in range(count)]
+        return [SimulatedWorker(speed=_sim_speed(config, i), ms_per_mpix=ms_per_mpix, name=f"sim{i}")
+                for i in range(count)]
     loader = functools.partial(load_bench_splats, scene_id, config.data_dir)
     cpu = config.device == "cpu"
     return [RenderWorker({scene_id: loader}, device="cpu" if cpu else f"cuda:{i}", backend=config.backend,
                          cache=CacheConfig(enabled=config.cache), name=f"cpu{i}" if cpu else f"cuda{i}",
                          cpu_threads=1 if cpu else None) for i in range(count)]
+
+
+def _sim_speed(config: MultiGpuConfig, index: int) -> float:
+    return config.sim_speeds[index % len(config.sim_speeds)]
 
 
 def _rigs(scene: _Scene, frames: int) -> list[StereoRig]:
@@ -194,6 +201,10 @@ def run(config: MultiGpuConfig, command: str = "") -> dict:
     for n in counts:
         rows.append(run_throughput(config, scene, n))
         rows[-1]["speedup"] = rows[-1]["fps"] / rows[0]["fps"]
+        if config.simulate:  # ideal: throughput proportional to the summed speeds of the workers in use
+            ideal = sum(_sim_speed(config, i) for i in range(n)) / _sim_speed(config, 0)
+            rows[-1].update(ideal_speedup=ideal, of_ideal=rows[-1]["speedup"] / ideal,
+                            worker_speeds=[_sim_speed(config, i) for i in range(n)])
     if config.latency_scene is not None and available >= 2:
         lat_scene = scene if config.latency_scene == config.scene else _scene(config, config.latency_scene)
         one, two = run_latency(config, lat_scene, 1), run_latency(config, lat_scene, 2)
