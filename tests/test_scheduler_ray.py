@@ -35,9 +35,9 @@ def local_ray():
 
 def test_ray_unequal_workers_proportional_and_earliest_finish(local_ray):
     speeds = (1.0, 2.0, 4.0)
-    workers = [SimulatedWorker(speed=s, ms_per_mpix=eye_ms(40.0), name=f"x{s:g}") for s in speeds]
+    workers = [SimulatedWorker(speed=s, ms_per_mpix=eye_ms(80.0), name=f"x{s:g}") for s in speeds]
     rig = make_rig()
-    # a Ray call's round trip can approach the fast worker's 10 ms frame on a loaded machine: queue 3 per worker
+    # a Ray call's round trip is a few ms on 2 cores: frames of 20-80 ms keep it small; queue 3 per worker
     cfg = SchedulerConfig(mode="frame-parallel", max_inflight=3)
     with Scheduler(workers, transport="ray", config=cfg) as sched:
         sched.wait_ready(120, count=3)
