@@ -10,11 +10,9 @@ from pathlib import Path
 import torch
 
 from data import load_scene
-from renderer import Splats
+from renderer import Splats, scene_frame
 
 from .security import SceneDirectory
-
-FRAME_SAMPLE = 200_000  # Gaussians sampled to find a scene's centre and extent
 
 
 @dataclass(frozen=True)
@@ -42,19 +40,6 @@ class LoadedScene:
                 "center": list(self.center), "extent": self.extent, "version": self.version}
 
 
-def scene_frame(splats: Splats, quantile: float = 0.005) -> tuple[tuple[float, float, float], float]:
-    """Centre and extent of the central quantiles of the means (stray floaters ignored); ``((0,0,0), 1)`` if empty."""
-    if len(splats) == 0:
-        return (0.0, 0.0, 0.0), 1.0
-    means = splats.means.detach().float().cpu()
-    if len(means) > FRAME_SAMPLE:
-        means = means[torch.randperm(len(means), generator=torch.Generator().manual_seed(0))[:FRAME_SAMPLE]]
-    lo, hi = torch.quantile(means, quantile, dim=0), torch.quantile(means, 1 - quantile, dim=0)
-    extent = float((hi - lo).max())
-    center = tuple(float(v) for v in (lo + hi) / 2)
-    return center, extent if extent > 0 else 1.0  # type: ignore[return-value]
-
-
 class SceneStore:
     """The served directory and the current scene. Loads run on the render thread; swaps are atomic."""
 
@@ -73,6 +58,7 @@ class SceneStore:
         """
         splats = load_scene(path, nonfinite="drop" if drop_nonfinite else "error").to(self.device)
         center, extent = scene_frame(splats)
+        center = tuple(center)
         with self._lock:
             scene = LoadedScene(name, path, splats, center, extent, next(self._versions))
             self.current = scene
