@@ -280,6 +280,50 @@ def test_host_emulation_gradients_match_torch(host_emu, case):
             assert _rel_err(grads[name], r) <= 1e-3, (name, mode, _rel_err(grads[name], r))
 
 
+def _cull_cases(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Footprints near 8 x 4 sub-tiles: round, needle-like (condition numbers up to 1e8), tiny and huge, faint and
+    opaque, centres inside and around the rectangle, plus degenerate and non-finite ones."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    sigma_major = 10 ** (u(n) * 4 - 1)  # 0.1 .. 1000 px
+    sigma_minor = sigma_major * 10 ** (-u(n) * 4)  # condition numbers up to 1e8
+    theta = u(n) * math.pi
+    c, s = torch.cos(theta), torch.sin(theta)
+    var1, var2 = sigma_major**2 + 0.3, sigma_minor**2 + 0.3
+    cov_a = c * c * var1 + s * s * var2
+    cov_b = c * s * (var1 - var2)
+    cov_c = s * s * var1 + c * c * var2
+    det = cov_a * cov_c - cov_b * cov_b
+    conic = torch.stack([cov_c / det, -cov_b / det, cov_a / det], 1)
+    opacity = torch.where(u(n) < 0.1, u(n) * 0.01, u(n))
+    rects = torch.stack([(u(n) * 200).long(), (u(n) * 200).long()], 1)
+    # centres: inside, near, or up to a few sigmas away from the rectangle, along the major axis or not
+    reach = (3.5 * sigma_major * u(n)) * torch.where(u(n) < 0.5, 1.0, 0.3)
+    angle = torch.where(u(n) < 0.5, theta, u(n) * 2 * math.pi)
+    centre = rects.double() + torch.tensor([4.0, 2.0]) + torch.stack([reach * torch.cos(angle),
+                                                                      reach * torch.sin(angle)], 1)
+    fp = torch.cat([conic, opacity[:, None], centre], 1).float()
+    # sub-tile at (0, 0): NaN conic, a far footprint, NaN opacity, infinite centre, zero opacity, indefinite conic
+    fp[:6] = torch.tensor([[float("nan"), 0, 1, 0.5, 4, 2], [1, 0, 1, 0.5, 40, 2], [1, 0, 1, float("nan"), 4, 2],
+                           [1, 0, 1, 0.5, float("inf"), 2], [1, 0, 1, 0.0, 4, 2], [1, 2, 1, 0.5, 40, 2]])
+    rects[:6] = 0
+    return fp, rects
+
+
+def test_subtile_culling_never_drops_a_kept_sample(host_emu):
+    """The forward and backward kernels skip, per warp, the Gaussians whose footprint misses its 8 x 4 pixels. That
+    test must be conservative at float rounding: a culled case has no pixel the per-pixel test keeps. It must also
+    cull: most cases far outside the footprint, so that the kernels gain anything."""
+    fp, rects = _cull_cases(200_000, seed=7)
+    res = host_emu.subtile_cull(fp, rects)
+    culled, kept = res[:, 0].bool(), res[:, 1]
+    assert not (culled & (kept > 0)).any(), fp[culled & (kept > 0)][:5]
+    assert culled[1] and culled[4], "a far footprint and a transparent one are culled"
+    assert not (culled[0] or culled[5]), "NaN and indefinite conics are left to the per-pixel test"
+    missing = kept == 0
+    assert culled.sum() >= 0.8 * missing.sum(), (int(culled.sum()), int(missing.sum()))
+
+
 # ----- GPU: the real kernels ---------------------------------------------------------------------------------------
 def _native():
     backend = default_registry().get("native")

@@ -55,28 +55,6 @@ GS_HD bool tile_box(const BinArgs& a, int i, TileBox& box) {
     return true;
 }
 
-// Minimum of q(d) = a dx^2 + 2 b dx dy + c dy^2 over the rectangle [lo, hi] (0 when the centre is inside),
-// as _min_power_over_rects.
-GS_HD float min_power_over_rect(float a, float b, float c, float lox, float loy, float hix, float hiy) {
-    if (lox <= 0.f && loy <= 0.f && hix >= 0.f && hiy >= 0.f) return 0.f;
-    float best = INFINITY;
-    const float xe[2] = {lox, hix};
-    const float ye[2] = {loy, hiy};
-GS_UNROLL
-    for (int e = 0; e < 2; ++e) {
-        const float x = xe[e];
-        const float dy = fminf(fmaxf(-b * x / c, loy), hiy);
-        best = fminf(best, a * x * x + 2.f * b * x * dy + c * dy * dy);
-    }
-GS_UNROLL
-    for (int e = 0; e < 2; ++e) {
-        const float y = ye[e];
-        const float dx = fminf(fmaxf(-b * y / a, lox), hix);
-        best = fminf(best, a * dx * dx + 2.f * b * dx * y + c * y * y);
-    }
-    return best;
-}
-
 // Whether the k-th tile of ``box`` (row-major inside the box) is touched; writes its tile index (x + y * TX).
 GS_HD bool tile_hit(const BinArgs& a, const TileBox& box, int k, int& tile) {
     const int tx = box.x0 + k % box.span_x;

@@ -9,6 +9,9 @@ namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kBlockThreads = kTilePixels;  // 256
+constexpr int kWarps = kBlockThreads / 32;   // 8 sub-tiles of 8 x 4 pixels
+constexpr int kSubtilesX = kTileSize / kSubtileW;
+static_assert(kSubtileW * kSubtileH == 32 && kSubtilesX * (kTileSize / kSubtileH) == kWarps, "sub-tile layout");
 
 struct TilePixel {
     int cam, px, py, start, end;
@@ -23,8 +26,11 @@ __device__ TilePixel tile_pixel(int tiles_x, int tiles_y, int width, int height,
     t.cam = range / tiles;
     const int tile = range - t.cam * tiles;
     const int ty = tile / tiles_x, tx = tile - ty * tiles_x;
-    t.px = tx * kTileSize + static_cast<int>(threadIdx.x % kTileSize);
-    t.py = ty * kTileSize + static_cast<int>(threadIdx.x / kTileSize);
+    // Warp w shades the 8 x 4 sub-tile (w % 2, w / 2) of the tile, lane l its pixel (l % 8, l / 8): compact
+    // sub-tiles let the forward pass skip the Gaussians that miss a warp's pixels (footprint_misses_rect).
+    const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+    t.px = tx * kTileSize + (warp % kSubtilesX) * kSubtileW + lane % kSubtileW;
+    t.py = ty * kTileSize + (warp / kSubtilesX) * kSubtileH + lane / kSubtileW;
     t.inside = t.px < width && t.py < height;
     t.fx = static_cast<float>(t.px) + 0.5f;
     t.fy = static_cast<float>(t.py) + 0.5f;
@@ -72,11 +78,17 @@ __device__ __forceinline__ StagedGaussian gather_gaussian(const BlendArgs& a, si
 // memory with their footprints (base-2 conic, alpha cut-off on the power), so that a sample costs two FMAs for the
 // power and a compare before any exponential.
 template <bool COLOR, bool DEPTH>
-__global__ void __launch_bounds__(kBlockThreads) blend_forward_kernel(const BlendArgs a) {
+__global__ void __launch_bounds__(kBlockThreads, 6) blend_forward_kernel(const BlendArgs a) {
     const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
     __shared__ float4 s_a[kBlockThreads];  // mx, my, opacity, thr
     __shared__ float4 s_b[kBlockThreads];  // A, B, Cq, depth
     __shared__ float4 s_c[kBlockThreads];  // r, g, b, -
+    __shared__ unsigned s_hits[kWarps][kWarps];  // [sub-tile][word]: bit k % 32 of word k / 32 = batch entry k kept
+    const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+    // The pixel-centre rectangle of each sub-tile is that of sub-tile 0 shifted by (w % 2 * 8, w / 2 * 4).
+    const int tile = blockIdx.x % (a.tiles_x * a.tiles_y);
+    const float tile_x0 = static_cast<float>((tile % a.tiles_x) * kTileSize) + 0.5f;
+    const float tile_y0 = static_cast<float>((tile / a.tiles_x) * kTileSize) + 0.5f;
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     PixelForward st{1.f, {0.f, 0.f, 0.f}, 0.f};
     int last = 0;
@@ -84,37 +96,53 @@ __global__ void __launch_bounds__(kBlockThreads) blend_forward_kernel(const Blen
     for (int base = tp.start; base < tp.end; base += kBlockThreads) {
         if (__syncthreads_count(done) == kBlockThreads) break;
         const int j = base + static_cast<int>(threadIdx.x);
+        FootprintCull cull{};
+        cull.verdict = -1;  // past the range end: in no sub-tile
         if (j < tp.end) {
             const StagedGaussian g = gather_gaussian<COLOR, DEPTH>(a, cam_off + a.gaussian_ids[j]);
             s_a[threadIdx.x] = g.a;
             s_b[threadIdx.x] = g.b;
             if (COLOR) s_c[threadIdx.x] = g.c;
+            cull = prepare_cull(Footprint{g.b.x, g.b.y, g.b.z, g.a.w}, g.a.x, g.a.y);
+        }
+#pragma unroll 1
+        for (int w = 0; w < kWarps; ++w) {
+            const float x0 = tile_x0 + static_cast<float>((w % kSubtilesX) * kSubtileW);
+            const float y0 = tile_y0 + static_cast<float>((w / kSubtilesX) * kSubtileH);
+            const bool hit = !footprint_misses_rect(cull, x0, y0, x0 + (kSubtileW - 1), y0 + (kSubtileH - 1));
+            const unsigned bits = __ballot_sync(kFullMask, hit);
+            if (lane == 0) s_hits[w][warp] = bits;
         }
         __syncthreads();
-        const int count = min(kBlockThreads, tp.end - base);
-        for (int k = 0; !done && k < count; ++k) {
-            const float4 ga = s_a[k];
-            const float4 gb = s_b[k];
-            const float dx = tp.fx - ga.x;
-            const float p2 = power2_hoisted(gb.z, mul_rn(gb.y, dx), mul_rn(mul_rn(gb.x, dx), dx), tp.fy - ga.y);
-            float alpha, e;
-            bool clamped;
-            if (!alpha_from_power2(p2, ga.z, ga.w, alpha, e, clamped)) continue;
-            const float test_T = st.T * (1.f - alpha);
-            if (test_T < kTransmittanceMin) {
-                done = true;
-                break;
+        for (int word = 0; !done && word < kWarps; ++word) {
+            unsigned bits = s_hits[warp][word];
+            while (bits != 0u) {
+                const int k = word * 32 + __ffs(bits) - 1;
+                bits &= bits - 1u;
+                const float4 ga = s_a[k];
+                const float4 gb = s_b[k];
+                const float dx = tp.fx - ga.x;
+                const float p2 =
+                    power2_hoisted(gb.z, mul_rn(gb.y, dx), mul_rn(mul_rn(gb.x, dx), dx), tp.fy - ga.y);
+                float alpha, e;
+                bool clamped;
+                if (!alpha_from_power2(p2, ga.z, ga.w, alpha, e, clamped)) continue;
+                const float test_T = st.T * (1.f - alpha);
+                if (test_T < kTransmittanceMin) {
+                    done = true;
+                    break;
+                }
+                const float w = alpha * st.T;
+                if (COLOR) {
+                    const float4 gc = s_c[k];
+                    st.c[0] += w * gc.x;
+                    st.c[1] += w * gc.y;
+                    st.c[2] += w * gc.z;
+                }
+                if (DEPTH) st.d += w * gb.w;
+                st.T = test_T;
+                last = base - tp.start + k + 1;
             }
-            const float w = alpha * st.T;
-            if (COLOR) {
-                const float4 gc = s_c[k];
-                st.c[0] += w * gc.x;
-                st.c[1] += w * gc.y;
-                st.c[2] += w * gc.z;
-            }
-            if (DEPTH) st.d += w * gb.w;
-            st.T = test_T;
-            last = base - tp.start + k + 1;
         }
     }
     if (!tp.inside) return;
@@ -146,10 +174,14 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
     __shared__ float4 s_conop[kBlockThreads];
     __shared__ float4 s_cd[kBlockThreads];
     __shared__ float4 s_fp[kBlockThreads];  // A, B, Cq, thr
+    __shared__ unsigned s_hits[kWarps][kWarps];  // as in the forward kernel
     __shared__ int s_max_last;
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
-    const int lane = threadIdx.x & 31;
+    const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+    const int tile = blockIdx.x % (a.tiles_x * a.tiles_y);
+    const float tile_x0 = static_cast<float>((tile % a.tiles_x) * kTileSize) + 0.5f;
+    const float tile_y0 = static_cast<float>((tile / a.tiles_x) * kTileSize) + 0.5f;
 
     PixelBackward st{};
     int last = 0;
@@ -169,6 +201,8 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
         const int lo = max(tp.start, top - kBlockThreads);
         __syncthreads();  // the previous batch is consumed
         const int j = lo + static_cast<int>(threadIdx.x);
+        FootprintCull cull{};
+        cull.verdict = -1;
         if (j < top) {
             const int id = a.gaussian_ids[j];
             s_id[threadIdx.x] = id;
@@ -176,9 +210,20 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
             const float4 co = s_conop[threadIdx.x];
             const Footprint f = make_footprint(co.x, co.y, co.z, co.w);
             s_fp[threadIdx.x] = make_float4(f.A, f.B, f.Cq, f.thr);
+            cull = prepare_cull(f, s_xy[threadIdx.x].x, s_xy[threadIdx.x].y);
+        }
+#pragma unroll 1
+        for (int w = 0; w < kWarps; ++w) {
+            const float x0 = tile_x0 + static_cast<float>((w % kSubtilesX) * kSubtileW);
+            const float y0 = tile_y0 + static_cast<float>((w / kSubtilesX) * kSubtileH);
+            const bool hit = !footprint_misses_rect(cull, x0, y0, x0 + (kSubtileW - 1), y0 + (kSubtileH - 1));
+            const unsigned bits = __ballot_sync(kFullMask, hit);
+            if (lane == 0) s_hits[w][warp] = bits;
         }
         __syncthreads();
+        // Back to front; entries that miss this warp's sub-tile are skipped at all of its pixels.
         for (int k = top - lo - 1; k >= 0; --k) {
+            if (((s_hits[warp][k >> 5] >> (k & 31)) & 1u) == 0u) continue;
             const int rel = lo - tp.start + k;  // index of this entry in the tile's range
             const float2 xy = s_xy[k];
             const float4 co = s_conop[k];
@@ -186,9 +231,9 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
             const float4 fp = s_fp[k];
             const Footprint f{fp.x, fp.y, fp.z, fp.w};
             SampleGrad gr;
-            const bool valid = rel < last && blend_backward_sample<COLOR, DEPTH>(
-                                                 f, co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x, cd.y, cd.z, cd.w, tp.fx,
-                                                 tp.fy, st, gr);
+            const bool valid =
+                rel < last && blend_backward_sample<COLOR, DEPTH>(f, co.x, co.y, co.z, co.w, xy.x, xy.y, cd.x, cd.y,
+                                                                  cd.z, cd.w, tp.fx, tp.fy, st, gr);
             if (!__any_sync(kFullMask, valid)) continue;
             if (!valid) gr = SampleGrad{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, {0.f, 0.f, 0.f}, 0.f};
             gr.mx = warp_sum(gr.mx);

@@ -3,7 +3,7 @@
 // power > 0, and each pixel stops before its transmittance would fall under 1e-4.
 #pragma once
 
-#include "common.h"
+#include "project_math.h"
 
 namespace gs {
 
@@ -124,6 +124,57 @@ GS_HD bool alpha_from_power2(float p2, float opacity, float thr, float& alpha, f
     clamped = raw > kAlphaMax;
     alpha = clamped ? kAlphaMax : raw;
     return true;
+}
+
+// Sub-tile culling (forward blend): each warp of a tile's block shades an 8 x 4 pixel rectangle, and skips the
+// Gaussians of a batch whose footprint misses its rectangle, where every pixel would take the cut-off path anyway.
+// The test must never drop a sample the per-pixel test keeps, so it is conservative with margins above the float
+// rounding of ``power2`` (a few ulp of the terms' magnitude S): the same pixels are blended, the image is unchanged.
+constexpr int kSubtileW = 8, kSubtileH = 4;
+
+// A footprint prepared for rectangle tests: -power2 = a dx^2 + 2 b dx dy + c dy^2 (positive definite for a
+// projected conic); a sample is kept where -power2 <= t = -thr.
+struct FootprintCull {
+    float mx, my;
+    float a, b, c, t;
+    float ex, ey;  // half extents of the bounding box of the (widened) kept ellipse
+    int verdict;   // 1: keep for every rectangle (NaN, not positive definite), -1: skip everywhere, 0: test
+};
+
+GS_HD FootprintCull prepare_cull(const Footprint& f, float mx, float my) {
+    FootprintCull q;
+    q.mx = mx;
+    q.my = my;
+    q.a = -f.A;
+    q.b = -0.5f * f.B;
+    q.c = -f.Cq;
+    q.t = -f.thr;
+    q.ex = q.ey = 0.f;
+    q.verdict = 0;
+    const float det = q.a * q.c - q.b * q.b;
+    if (f.thr > 0.f) {  // opacity under 1/255 (or 0): power2 <= 0 < thr at every pixel
+        q.verdict = -1;
+    } else if (!(q.a > 0.f && q.c > 0.f && det > 0.f && f.thr <= 0.f && finite(mx) && finite(my))) {
+        q.verdict = 1;
+    } else {
+        // Widen the ellipse by the rounding of power2 at its boundary (at most ~ 2 cond t ulp, cond <= sum^2/det).
+        const float sum = q.a + q.c + 2.f * fabsf(q.b);
+        const float tw = q.t * (1.f + 4e-6f * (sum * sum / det)) + 1e-5f;
+        q.ex = sqrtf(tw * q.c / det) * 1.0001f + 1e-3f;
+        q.ey = sqrtf(tw * q.a / det) * 1.0001f + 1e-3f;
+        if (!(q.ex < INFINITY && q.ey < INFINITY)) q.verdict = 1;
+    }
+    return q;
+}
+
+// Whether the footprint skips every pixel centre of [x0, x1] x [y0, y1] (pixel-centre coordinates).
+GS_HD bool footprint_misses_rect(const FootprintCull& q, float x0, float y0, float x1, float y1) {
+    if (q.verdict != 0) return q.verdict < 0;
+    const float lox = x0 - q.mx, hix = x1 - q.mx, loy = y0 - q.my, hiy = y1 - q.my;
+    if (lox > q.ex || -hix > q.ex || loy > q.ey || -hiy > q.ey) return true;  // outside the bounding box
+    const float Mx = fmaxf(fabsf(lox), fabsf(hix)), My = fmaxf(fabsf(loy), fabsf(hiy));
+    const float S = q.a * Mx * Mx + 2.f * fabsf(q.b) * Mx * My + q.c * My * My;  // bounds the terms' magnitude
+    return min_power_over_rect(q.a, q.b, q.c, lox, loy, hix, hiy) > q.t + 1e-6f * S + 1e-5f * (1.f + q.t);
 }
 
 // Running state of one pixel in the forward pass.

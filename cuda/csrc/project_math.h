@@ -155,6 +155,28 @@ GS_UNROLL
     d = TS[3] * T[3] + TS[4] * T[4] + TS[5] * T[5] + kLowpass2D;
 }
 
+// Minimum of q(d) = a dx^2 + 2 b dx dy + c dy^2 over the rectangle [lo, hi] (0 when the centre is inside),
+// as _min_power_over_rects.
+GS_HD float min_power_over_rect(float a, float b, float c, float lox, float loy, float hix, float hiy) {
+    if (lox <= 0.f && loy <= 0.f && hix >= 0.f && hiy >= 0.f) return 0.f;
+    float best = INFINITY;
+    const float xe[2] = {lox, hix};
+    const float ye[2] = {loy, hiy};
+GS_UNROLL
+    for (int e = 0; e < 2; ++e) {
+        const float x = xe[e];
+        const float dy = fminf(fmaxf(-b * x / c, loy), hiy);
+        best = fminf(best, a * x * x + 2.f * b * x * dy + c * dy * dy);
+    }
+GS_UNROLL
+    for (int e = 0; e < 2; ++e) {
+        const float y = ye[e];
+        const float dx = fminf(fmaxf(-b * y / a, lox), hix);
+        best = fminf(best, a * dx * dx + 2.f * b * dx * y + c * y * y);
+    }
+    return best;
+}
+
 // Largest Mahalanobis power q with opacity * exp(-q / 2) >= 1/255 (negative: never), as _alpha_cutoff.
 GS_HD float alpha_cutoff(float opacity) {
     return 2.f * logf(fmaxf(opacity, 1e-30f) / kAlphaMin) + kCutoffMargin;

@@ -30,6 +30,13 @@ BinArgs bin_args(const int* ints, const float* const* in, const int* radii) {
     return a;
 }
 
+// Whether the kernels' sub-tile culling skips footprint f (centre mx, my) for the warp that shades pixel (px, py).
+bool subtile_skips(const Footprint& f, float mx, float my, int px, int py) {
+    const float x0 = static_cast<float>(px - px % kSubtileW) + 0.5f;
+    const float y0 = static_cast<float>(py - py % kSubtileH) + 0.5f;
+    return footprint_misses_rect(prepare_cull(f, mx, my), x0, y0, x0 + (kSubtileW - 1), y0 + (kSubtileH - 1));
+}
+
 template <bool COLOR, bool DEPTH>
 void blend_forward_host(const BlendArgs& a) {
     for (int c = 0; c < a.C; ++c) {
@@ -45,6 +52,7 @@ void blend_forward_host(const BlendArgs& a) {
                     const float* col = COLOR ? a.colors + 3 * g : nullptr;
                     const Footprint f = make_footprint(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2],
                                                        a.opacities[g]);
+                    if (subtile_skips(f, a.means2d[2 * g], a.means2d[2 * g + 1], px, py)) continue;
                     const SampleResult res = blend_forward_sample<COLOR, DEPTH>(
                         f, a.opacities[g], a.means2d[2 * g],
                         a.means2d[2 * g + 1], COLOR ? col[0] : 0.f, COLOR ? col[1] : 0.f, COLOR ? col[2] : 0.f,
@@ -85,6 +93,7 @@ void blend_backward_host(const BlendBackwardArgs& a) {
                     SampleGrad gr;
                     const Footprint f = make_footprint(a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2],
                                                        a.opacities[g]);
+                    if (subtile_skips(f, a.means2d[2 * g], a.means2d[2 * g + 1], px, py)) continue;
                     if (!blend_backward_sample<COLOR, DEPTH>(
                             f, a.conics[3 * g], a.conics[3 * g + 1], a.conics[3 * g + 2], a.opacities[g],
                             a.means2d[2 * g], a.means2d[2 * g + 1], COLOR ? col[0] : 0.f, COLOR ? col[1] : 0.f,
@@ -275,6 +284,29 @@ void gs_host_blend_backward(const int* ints, const float* const* in, const int* 
     else if (color) blend_backward_host<true, false>(a);
     else if (depth) blend_backward_host<false, true>(a);
     else blend_backward_host<false, false>(a);
+}
+
+// Sub-tile culling check, for each of n (footprint, rectangle) cases. fp: n x (conic a, b, c, opacity, mx, my);
+// rect: n x (x0, y0) first pixel of an 8 x 4 sub-tile. out: n x (culled, pixels the per-pixel test keeps).
+void gs_host_subtile_cull(int n, const float* fp, const int* rect, int* out) {
+    for (int i = 0; i < n; ++i) {
+        const float* g = fp + 6 * i;
+        const Footprint f = make_footprint(g[0], g[1], g[2], g[3]);
+        const int px0 = rect[2 * i], py0 = rect[2 * i + 1];
+        const float x0 = static_cast<float>(px0) + 0.5f, y0 = static_cast<float>(py0) + 0.5f;
+        out[2 * i] = footprint_misses_rect(prepare_cull(f, g[4], g[5]), x0, y0, x0 + (kSubtileW - 1),
+                                           y0 + (kSubtileH - 1)) ? 1 : 0;
+        int kept = 0;
+        for (int y = py0; y < py0 + kSubtileH; ++y) {
+            for (int x = px0; x < px0 + kSubtileW; ++x) {
+                const float dx = (static_cast<float>(x) + 0.5f) - g[4], dy = (static_cast<float>(y) + 0.5f) - g[5];
+                float alpha, e;
+                bool clamped;
+                kept += alpha_from_power2(power2(f, dx, dy), g[3], f.thr, alpha, e, clamped) ? 1 : 0;
+            }
+        }
+        out[2 * i + 1] = kept;
+    }
 }
 
 }  // extern "C"

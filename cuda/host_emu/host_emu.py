@@ -123,3 +123,19 @@ class HostEmu:
                                         ctypes.c_void_p(offsets.data_ptr()), _ptrs(fwd["depth"], fwd["T"]),
                                         ctypes.c_void_p(fwd["last"].data_ptr()), _ptrs(*cot), _ptrs(*out.values()))
         return out
+
+    def subtile_cull(self, footprints: Tensor, rects: Tensor) -> Tensor:
+        """The kernels' sub-tile culling next to the per-pixel test, case by case.
+
+        Args:
+            footprints: ``[n, 6]`` conic (a, b, c), opacity, centre (mx, my).
+            rects: ``[n, 2]`` int first pixel (x0, y0) of an 8 x 4 sub-tile.
+        Returns:
+            ``[n, 2]`` int32: whether the case is culled, and how many of its 32 pixels the per-pixel test keeps.
+        """
+        fp = _f32(footprints)
+        rect = rects.to("cpu", torch.int32).contiguous()
+        out = torch.zeros(len(fp), 2, dtype=torch.int32)
+        self.lib.gs_host_subtile_cull(ctypes.c_int(len(fp)), ctypes.c_void_p(fp.data_ptr()),
+                                      ctypes.c_void_p(rect.data_ptr()), ctypes.c_void_p(out.data_ptr()))
+        return out
