@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files of :func:`atomic_path` under ``folder`` (left by a process killed while writing)."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob(".*.tmp") if p.is_file() and _TEMP_NAME.match(p.name)) if root.is_dir() else []
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete :func:`stale_temp_files` (call only while no other process writes ``folder``); returns them."""
+    removed = stale_temp_files(folder)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor
 from .atomic import atomic_path
 
 CHECKPOINT_VERSION = 1
+_OPTIONAL_FIELDS = {"cuda_rng"}
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Checkpoint:
         config: the run's configuration as a JSON-ready dict (compared on resume, never executed).
         elapsed_s: training wall time so far.
         version: checkpoint layout version.
+        cuda_rng: ``torch.cuda.get_rng_state()`` of a CUDA run (gsplat's split and MCMC noise draw on the GPU), else
+            None. Optional: checkpoints written before it existed load without it.
     """
 
     step: int
@@ -39,6 +42,7 @@ class Checkpoint:
     config: dict[str, Any]
     elapsed_s: float = 0.0
     version: int = CHECKPOINT_VERSION
+    cuda_rng: Tensor | None = None
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -58,7 +62,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
     except Exception as e:  # noqa: BLE001 - torch raises several kinds for a corrupt file
         raise ValueError(f"{path}: cannot read checkpoint: {e}") from None
     names = {f.name for f in dataclasses.fields(Checkpoint)}
-    if not isinstance(payload, dict) or set(payload) != names:
+    required = names - _OPTIONAL_FIELDS
+    if not isinstance(payload, dict) or not required <= set(payload) <= names:
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a gscache checkpoint (found {found})")
     if payload["version"] != CHECKPOINT_VERSION:

@@ -132,7 +132,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: StrategyConfig = field(default_factory=DefaultStrategyConfig)
     backend: str = "auto"
-    """Rasterizer: auto (native on CUDA, else torch), torch, native."""
+    """Rasterizer: auto (native on CUDA, else torch), torch, native, or the peer gsplat / gsplat-packed
+    (gsplat.rasterization, CUDA)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = 0
     """torch.set_num_threads for a CPU run (0: PyTorch's default). 1 is much faster on a busy machine."""

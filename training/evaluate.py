@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +83,19 @@ def save_comparison(path: Path, target: Tensor, rendered: Tensor) -> None:
 
 
 def evaluate(splats: Splats, dataset: SceneDataset, step: int, backend: str, background: Tensor, out_dir: Path,
-             save_images: int = 4, max_frames: int = 0, lpips_metric: LpipsMetric | None = None) -> EvalResult:
-    """Render the held-out frames (the training frames when there are none) and average the metrics."""
+             save_images: int = 4, max_frames: int = 0, lpips_metric: LpipsMetric | None = None,
+             targets: Callable[[Frame], Tensor] | None = None) -> EvalResult:
+    """Render the held-out frames (the training frames when there are none) and average the metrics.
+
+    ``targets``: the ground-truth image of a frame on the scene's device (``dataset.image`` moved there if None).
+    """
     split, frames = ("test", dataset.test) if dataset.test else ("train", dataset.train)
     frames = frames[:max_frames] if max_frames > 0 else frames
     psnrs, ssims, lpipss, images = [], [], [], []
     with torch.no_grad():
         for i, frame in enumerate(frames):
-            rendered, target = _render_frame(splats, dataset, frame, backend, background)
+            target = targets(frame) if targets is not None else dataset.image(frame).to(splats.device)
+            rendered = _render_frame(splats, frame, backend, background)
             psnrs.append(psnr(rendered, target))
             ssims.append(float(ssim(rendered, target)))
             lpipss.append(lpips_metric(rendered, target) if lpips_metric is not None else None)
@@ -101,9 +107,7 @@ def evaluate(splats: Splats, dataset: SceneDataset, step: int, backend: str, bac
     return EvalResult(step, split, len(frames), float(np.mean(psnrs)), float(np.mean(ssims)), lp, tuple(images))
 
 
-def _render_frame(splats: Splats, dataset: SceneDataset, frame: Frame, backend: str,
-                  background: Tensor) -> tuple[Tensor, Tensor]:
-    target = dataset.image(frame).to(splats.device)
+def _render_frame(splats: Splats, frame: Frame, backend: str, background: Tensor) -> Tensor:
     out = render(splats, frame.camera, backend=backend, background=background)
     assert out.image is not None
-    return out.image[0].clamp(0, 1), target
+    return out.image[0].clamp(0, 1)

@@ -53,6 +53,11 @@ class Monitor:
         if self.writer is not None:
             self.writer.close()
 
+    def advance(self, step: int, it_per_s: float) -> None:
+        """Move the bar to ``step`` without new loss figures (the steps between logged ones read nothing back from
+        the GPU)."""
+        self.progress.update(self.task, completed=step, speed=it_per_s)
+
     def log_step(self, stats: StepStats, write: bool) -> None:
         """Advance the bar; write the scalars to TensorBoard when ``write``."""
         self.progress.update(self.task, completed=stats.step, loss=stats.loss, psnr=stats.psnr,

@@ -1,8 +1,9 @@
 """Densification through gsplat's strategy objects (``DefaultStrategy``, ``MCMCStrategy``).
 
 The strategies read an ``info`` dict shaped like gsplat's rasterization ``meta``; :func:`strategy_info` builds it
-from our ``RenderOutput.projected`` (dense, not packed): ``means2d`` ``[C, N, 2]`` in pixels (its gradient is what
-ADC accumulates), ``radii`` ``[C, N, 2]``, ``width``, ``height`` and ``n_cameras``.
+from our ``Projected`` (dense, not packed): ``means2d`` ``[C, N, 2]`` in pixels (its gradient is what ADC
+accumulates), ``radii`` ``[C, N, 2]``, ``width``, ``height``, ``n_cameras`` and ``gaussian_ids`` (None: dense). With
+the ``gsplat`` backends ``info`` is gsplat's own ``meta`` (packed when ``gaussian_ids`` is a tensor).
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ def check_strategy(strategy: Strategy, device: torch.device) -> None:
                          "kernels); use the default strategy (DefaultStrategy) on the CPU")
     if not isinstance(strategy, DefaultStrategy | MCMCStrategy):
         raise ValueError(f"strategy: expected DefaultStrategy or MCMCStrategy, got {type(strategy).__name__}")
-    if isinstance(strategy, DefaultStrategy) and strategy.absgrad:
-        raise ValueError("strategy.absgrad: needs gsplat's rasterizer (absgrad of means2d); use absgrad=False")
+    # absgrad (DefaultStrategy) is checked against the backend by training.rasterize.Rasterizer
 
 
 def initial_state(strategy: Strategy, scene_scale: float) -> dict[str, Any]:
@@ -69,6 +69,7 @@ def post_backward(strategy: Strategy, params, optimizers, state: dict[str, Any],
     from gsplat.strategy import DefaultStrategy
 
     if isinstance(strategy, DefaultStrategy):
-        strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
+        packed = info.get("gaussian_ids") is not None  # gsplat's packed meta: [nnz] layout
+        strategy.step_post_backward(params, optimizers, state, step, info, packed=packed)
     else:
         strategy.step_post_backward(params, optimizers, state, step, info, lr=means_lr)
