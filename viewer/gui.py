@@ -259,6 +259,14 @@ def stats_panel(state: AppState) -> None:
     if last is not None:
         eyes = ", ".join(f"{e.ms:.1f}" for e in last.eyes)
         imgui.text(f"render {last.ms:.1f} ms (source {eyes} ms), {last.visible:,} drawn")
+    source = state.pipeline.source if state.pipeline is not None else None
+    upload = getattr(source, "upload_path", None)
+    if upload is not None:
+        labels = {"interop": "CUDA-GL interop (on the GPU)", "host": "through host memory", "eyes": "float eye buffers"}
+        imgui.text(f"frame upload: {labels.get(upload, upload)}")
+        note = getattr(source, "upload_note", "")
+        if note and upload != "interop":
+            imgui.text_disabled(note)
     render_ms = np.asarray(state.timings.render_ms, dtype=np.float64)
     ui_ms = np.asarray(state.timings.ui_ms, dtype=np.float64)
     if len(ui_ms) > 1 and implot.begin_plot("frame times (ms)", ImVec2(-1, 150)):

@@ -2,10 +2,16 @@
 
 The same pipeline serves the window (its output texture is drawn behind the UI), screenshots, video export and the
 offscreen tests and benchmarks, so what is tested is what is shown.
+
+Sources with a display path (the ``native`` CUDA frame source, ``viewer.sources.RendererSource``) skip the eye
+buffers and the compose pass: they get the eye geometry as arrays (:meth:`FrameRequest.eye_geometry`, no ``Camera``
+objects per frame) and write the finished frame, both eyes from one render call, into the RGBA8 output texture (or,
+when the eyes are scaled or the width is odd, into a display-sized texture that is blitted into the output).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,15 +21,17 @@ import numpy as np
 import torch
 
 from renderer import Camera, Splats, StereoRig, intrinsics_from_fov
+from renderer.cameras import MAX_IMAGE_SIDE
 
 from ._glsl import BLIT_FRAGMENT, COMPOSE_FRAGMENT, FULLSCREEN_VERTEX
-from .sources import FrameSource, RenderSettings, SourceFrame, make_source
+from .interop import LAYOUT_IDS, MODE_IDS, display_size
+from .sources import EyeGeometry, FrameSource, RenderSettings, SourceFrame, make_source
 
 if TYPE_CHECKING:
     from .remote import RemoteSpec
 
-STEREO_LAYOUTS = {"mono": 0, "side-by-side": 1, "anaglyph": 2}
-_MODE_IDS = {"rgb": 0, "depth": 1, "alpha": 2}
+STEREO_LAYOUTS = LAYOUT_IDS
+_MODE_IDS = MODE_IDS
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,74 @@ class FrameRequest:
         head = self.head_camera()
         return [head] if self.stereo == "mono" else list(StereoRig(head, self.ipd).eyes())
 
+    def eye_geometry(self) -> EyeGeometry:
+        """:meth:`eye_cameras` as arrays (same numbers, same checks), without building ``Camera`` objects: the
+        per-frame path of the CUDA sources, where building and checking three cameras costs more than the frame."""
+        if self.stereo not in STEREO_LAYOUTS:
+            raise ValueError(f"stereo: expected one of {', '.join(STEREO_LAYOUTS)}, got {self.stereo!r}")
+        width = max(1, self.width // 2) if self.stereo == "side-by-side" else self.width
+        height = self.height
+        for name, size in (("width", width), ("height", height)):
+            if not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIDE:
+                raise ValueError(f"{name}: expected an integer in 1..{MAX_IMAGE_SIDE}, got {size!r}")
+        view = self.view
+        if not 0.0 < view.near < view.far:
+            raise ValueError(f"near/far: expected 0 < near < far, got near={view.near}, far={view.far}")
+        w2c = _checked_pose(view.world_to_camera)
+        k = _intrinsics(width, height, view.fov_x_deg)
+        if self.scale != 1.0:  # as Camera.scaled
+            w, h = max(1, round(width * self.scale)), max(1, round(height * self.scale))
+            k[0] *= w / width
+            k[1] *= h / height
+            width, height = w, h
+        if self.stereo == "mono":
+            return EyeGeometry(w2c[None], k[None], width, height, view.near, view.far)
+        if not (math.isfinite(self.ipd) and self.ipd >= 0.0):
+            raise ValueError(f"ipd: expected a finite value >= 0, got {self.ipd}")
+        eyes = np.empty((2, 4, 4))
+        eyes[0] = eyes[1] = w2c
+        eyes[0, 0, 3] += 1.0 * self.ipd / 2  # as StereoRig.eye: left at -ipd/2 along x, so t_x grows
+        eyes[1, 0, 3] += -1.0 * self.ipd / 2
+        ks = np.empty((2, 3, 3))
+        ks[0] = ks[1] = k
+        return EyeGeometry(eyes, ks, width, height, view.near, view.far)
+
+
+_EYE3 = np.eye(3)
+
+
+def _checked_pose(world_to_camera: torch.Tensor) -> np.ndarray:
+    """The pose as float64 ``[4, 4]``, with ``Camera``'s checks (finite, rigid; the same tolerances); a few
+    microseconds, as it runs every frame."""
+    m = np.array(world_to_camera.detach().cpu().numpy() if isinstance(world_to_camera, torch.Tensor)
+                 else world_to_camera, dtype=np.float64)
+    if m.shape != (4, 4):
+        raise ValueError(f"world_to_camera: expected shape [4, 4], got {list(m.shape)}")
+    if not np.isfinite(m).all():
+        raise ValueError("world_to_camera: contains NaN or Inf")
+    a, b, c, d = m[3].tolist()
+    if max(abs(a), abs(b), abs(c)) > 1e-3 or abs(d - 1.0) > 1e-3 + 1e-5:  # torch.allclose(atol=1e-3)
+        raise ValueError(f"world_to_camera: last row must be [0, 0, 0, 1], got {[a, b, c, d]}")
+    r = m[:3, :3]
+    err = float(np.abs(r @ r.T - _EYE3).max())
+    (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = r.tolist()
+    det = r00 * (r11 * r22 - r12 * r21) - r01 * (r10 * r22 - r12 * r20) + r02 * (r10 * r21 - r11 * r20)
+    if err > 1e-3 or abs(det - 1.0) > 1e-3:
+        raise ValueError(f"world_to_camera: upper 3x3 is not a rotation (|R R^T - I| = {err:.3g}, det = {det:.4g}); "
+                         "scaled, sheared or mirrored poses are not supported")
+    return m
+
+
+def _intrinsics(width: int, height: int, fov_x_deg: float) -> np.ndarray:
+    """``intrinsics_from_fov(width, height, fov_x_deg)`` as a numpy array (the same numbers and checks)."""
+    if not 0.0 < fov_x_deg < 180.0:
+        raise ValueError(f"fov_x_deg: expected a value in (0, 180), got {fov_x_deg}")
+    half_tan = math.tan(math.radians(fov_x_deg) / 2)
+    f = 0.5 * width / half_tan if half_tan > 0 else math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"fov_x_deg: {fov_x_deg} is too small to give a finite focal length")
+    return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]], dtype=np.float64)
+
 
 @dataclass(frozen=True)
 class FrameResult:
@@ -98,11 +174,16 @@ class FrameResult:
 
 
 class _Target:
-    """A texture with its framebuffer, re-created when the size or format changes."""
+    """A texture with its framebuffer, re-created when the size or format changes.
+
+    ``attachment``: an object bound to the texture (a CUDA registration, ``viewer.interop.GLImage``), released
+    before the texture is, and dropped when the texture is re-created.
+    """
 
     def __init__(self) -> None:
         self.texture: moderngl.Texture | None = None
         self.fbo: moderngl.Framebuffer | None = None
+        self.attachment = None
 
     def ensure(self, ctx: moderngl.Context, size: tuple[int, int], dtype: str) -> moderngl.Framebuffer:
         if self.texture is None or self.texture.size != size or self.texture.dtype != dtype:
@@ -114,6 +195,9 @@ class _Target:
         return self.fbo
 
     def release(self) -> None:
+        attachment, self.attachment = self.attachment, None
+        if attachment is not None:
+            attachment.release()
         for res in (self.fbo, self.texture):
             if res is not None:
                 res.release()
@@ -128,26 +212,32 @@ class FramePipeline:
         backend: the first frame source (see ``viewer.sources.make_source``).
         async_sort: let the GL source sort on a worker thread (interactive use).
         remote: the render server of the ``remote`` source.
+        upload: how the ``torch``/``native`` sources reach GL (``viewer.sources.RendererSource``): ``auto``
+            (``native`` on CUDA: the display path, through CUDA-GL interop where the GL context runs on the CUDA
+            GPU, else a pinned host buffer; ``torch``: float eye buffers), ``host`` or ``eyes``.
     """
 
     def __init__(self, ctx: moderngl.Context, backend: str = "gl", async_sort: bool = False,
-                 remote: RemoteSpec | None = None) -> None:
+                 remote: RemoteSpec | None = None, upload: str = "auto") -> None:
         self.ctx = ctx
         self.async_sort = async_sort
         self.remote = remote
+        self.upload = upload
         self._compose = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=COMPOSE_FRAGMENT)
         self._blit = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=BLIT_FRAGMENT)
         self._compose_vao = ctx.vertex_array(self._compose, [])
         self._blit_vao = ctx.vertex_array(self._blit, [])
         self._eyes = [_Target(), _Target()]
+        self._display = _Target()  # display-path frames whose size differs from the output's
         self._output = _Target()
+        self._display_frame = False  # the last frame took the display path: the eye buffers do not hold it
         self.splats: Splats | None = None
-        self.source: FrameSource = make_source(backend, ctx, async_sort, remote)
+        self.source: FrameSource = make_source(backend, ctx, async_sort, remote, upload)
         self.backend = backend
 
     def set_backend(self, backend: str) -> None:
         """Switch the frame source (the scene is handed over); raises ``ValueError`` if it is unavailable."""
-        source = make_source(backend, self.ctx, self.async_sort, self.remote)
+        source = make_source(backend, self.ctx, self.async_sort, self.remote, self.upload)
         if self.splats is not None:
             source.set_scene(self.splats)
         self.source.release()
@@ -161,21 +251,61 @@ class FramePipeline:
     def output_texture(self) -> moderngl.Texture | None:
         return self._output.texture
 
-    def render(self, request: FrameRequest) -> FrameResult:
-        """Render ``request`` into the output texture (``request.width`` x ``request.height``, RGBA8)."""
+    def render(self, request: FrameRequest, finish: bool = True) -> FrameResult:
+        """Render ``request`` into the output texture (``request.width`` x ``request.height``, RGBA8).
+
+        ``finish``: wait until the frame is complete (GL and CUDA), so that ``FrameResult.ms`` is its whole cost.
+        Without it the work is only queued: GL commands issued afterwards (``draw_to``) are ordered after it.
+        """
         start = time.perf_counter()
+        if getattr(self.source, "display", False):
+            reports = self._render_display(request)
+        else:
+            reports = self._render_eyes(request)
+        if finish:
+            self.ctx.finish()
+            sync = getattr(self.source, "synchronize", None)
+            if sync is not None:
+                sync()
+        return FrameResult(reports, (time.perf_counter() - start) * 1e3)
+
+    def _render_eyes(self, request: FrameRequest) -> list[SourceFrame]:
         cams = request.eye_cameras()
         begin = getattr(self.source, "begin_frame", None)
         if begin is not None:  # sources that need the whole request first (remote: one stereo request per frame)
             begin(request, cams)
-        reports = []
-        for cam, target in zip(cams, self._eyes):
-            fbo = target.ensure(self.ctx, (cam.width, cam.height), "f4")
-            reports.append(self.source.render(cam, request.settings, fbo))
+        fbos = [target.ensure(self.ctx, (cam.width, cam.height), "f4") for cam, target in zip(cams, self._eyes)]
+        render_eyes = getattr(self.source, "render_eyes", None)
+        if render_eyes is not None:  # all eyes in one call
+            reports = render_eyes(cams, request.settings, fbos)
+        else:
+            reports = [self.source.render(cam, request.settings, fbo) for cam, fbo in zip(cams, fbos)]
+        self._display_frame = False
         out = self._output.ensure(self.ctx, (request.width, request.height), "f1")
         self._compose_into(out, request, reports)
-        self.ctx.finish()
-        return FrameResult(reports, (time.perf_counter() - start) * 1e3)
+        return reports
+
+    def _render_display(self, request: FrameRequest) -> list[SourceFrame]:
+        geometry = request.eye_geometry()
+        size = display_size(request.stereo, geometry.width, geometry.height)
+        direct = size == (request.width, request.height)
+        target = self._output if direct else self._display
+        target.ensure(self.ctx, size, "f1")
+        self._display_frame = True
+        reports = self.source.render_display(request, geometry, target)
+        if not direct:
+            out = self._output.ensure(self.ctx, (request.width, request.height), "f1")
+            out.use()
+            out.viewport = (0, 0, request.width, request.height)
+            self._draw_texture(target.texture, flip=False)
+        return reports
+
+    def _draw_texture(self, texture: moderngl.Texture, flip: bool) -> None:
+        self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        texture.use(0)
+        self._blit["u_image"].value = 0
+        self._blit["u_flip"].value = 1 if flip else 0
+        self._blit_vao.render(moderngl.TRIANGLES, vertices=3)
 
     def _compose_into(self, out: moderngl.Framebuffer, request: FrameRequest, reports: list[SourceFrame]) -> None:
         out.use()
@@ -205,6 +335,9 @@ class FramePipeline:
     def read_eye(self, index: int = 0) -> np.ndarray:
         """Eye buffer ``index`` as ``[h, w, 4]`` float32 (see ``viewer/sources.py`` for its contents)."""
         fbo = self._eyes[index].fbo
+        if self._display_frame:
+            raise ValueError("read_eye: the last frame went straight to the output (the display path of a CUDA "
+                             "frame source): there are no eye buffers")
         if fbo is None:
             raise ValueError(f"read_eye: eye {index} has not been rendered")
         w, h = fbo.size
@@ -216,16 +349,12 @@ class FramePipeline:
             return
         fbo.use()
         fbo.viewport = viewport
-        self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-        self._output.texture.use(0)
-        self._blit["u_image"].value = 0
-        self._blit["u_flip"].value = 1
-        self._blit_vao.render(moderngl.TRIANGLES, vertices=3)
+        self._draw_texture(self._output.texture, flip=True)
 
     def release(self) -> None:
         """Free every GL resource (call with the context current)."""
         self.source.release()
-        for target in (*self._eyes, self._output):
+        for target in (*self._eyes, self._display, self._output):
             target.release()
         for res in (self._compose_vao, self._blit_vao, self._compose, self._blit):
             res.release()

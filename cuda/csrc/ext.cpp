@@ -20,6 +20,14 @@ TORCH_LIBRARY(gscache, m) {
           "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, Tensor? out_depth, "
           "Tensor out_T, Tensor out_last, Tensor? v_image, Tensor? v_alpha, Tensor? v_depth) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+    // the viewer's display path (catch-all kernels: some take no tensor to dispatch on)
+    m.def("display_pack(Tensor? image, Tensor? alpha, Tensor? depth, int mode, int layout, float[] depth_lo, "
+          "float[] depth_span) -> Tensor", &gs::display_pack_op);
+    m.def("gl_cuda_devices() -> (int, int[])", &gs::gl_cuda_devices_op);
+    m.def("gl_register_image(int texture, int width, int height, int device) -> int", &gs::gl_register_image_op);
+    m.def("gl_unregister_image(int handle) -> ()", &gs::gl_unregister_image_op);
+    m.def("gl_write_display(int handle, Tensor? image, Tensor? alpha, Tensor? depth, int mode, int layout, "
+          "float[] depth_lo, float[] depth_span) -> ()", &gs::gl_write_display_op);
 }
 
 TORCH_LIBRARY_IMPL(gscache, CUDA, m) {

@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace gs {
 
@@ -47,5 +48,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
     const std::optional<at::Tensor>& out_depth, const at::Tensor& out_T, const at::Tensor& out_last,
     const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
     const std::optional<at::Tensor>& v_depth);
+
+// Viewer display path (gl_interop_op.cpp): eye images [C,H,W,k] -> display RGBA8 [H, W or 2W, 4] (uint8), into a
+// tensor or into a GL texture through CUDA-GL interop (handles from gl_register_image; GL context current).
+at::Tensor display_pack_op(const std::optional<at::Tensor>& image, const std::optional<at::Tensor>& alpha,
+                           const std::optional<at::Tensor>& depth, int64_t mode, int64_t layout,
+                           c10::ArrayRef<double> depth_lo, c10::ArrayRef<double> depth_span);
+std::tuple<int64_t, std::vector<int64_t>> gl_cuda_devices_op();
+int64_t gl_register_image_op(int64_t texture, int64_t width, int64_t height, int64_t device);
+void gl_unregister_image_op(int64_t handle);
+void gl_write_display_op(int64_t handle, const std::optional<at::Tensor>& image,
+                         const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& depth, int64_t mode,
+                         int64_t layout, c10::ArrayRef<double> depth_lo, c10::ArrayRef<double> depth_span);
 
 }  // namespace gs
