@@ -178,7 +178,8 @@ def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> dict[str, object]:
         current = state.scenes.current
-        return {"status": "ok", "version": VERSION, "device": str(state.device), "backend": state.backend,
+        return {"status": "ok", "version": VERSION, "device": str(state.device), "device_name": state.device_name,
+                "backend": state.backend,
                 "scene": None if current is None else current.name, "streams": len(state.streams.sessions),
                 "uptime_s": round(time.time() - state.started, 3)}
 

@@ -48,18 +48,27 @@ class ServerConfig:
     Attributes:
         scenes_dir: the served directory; ``POST /scenes/load`` and ``POST /bench`` only read scenes under it.
         scene: a scene loaded at start (any path the operator gives; it need not lie under ``scenes_dir``).
+        bench_scene: instead of ``scene``, a benchmark scene id of BENCHMARK.md (``guitar-g8``, ``guitar-g8-sh3``)
+            built at start from ``data_dir`` (``server.bench_scenes``); clients get its centre, the extent of one
+            copy and the grid, so that they fly the same ``orbit`` and ``head`` paths as ``gscache bench``.
+        data_dir: where ``bench_scene``'s base scene file lies (``guitar.ply``, ...); the default data folder when
+            None.
         host, port: where to listen; loopback by default.
         token: the shared secret every request must carry (``Authorization: Bearer``; ``?token=`` on WebSocket).
         insecure_no_token: allow a non-loopback ``host`` without a token (logged loudly).
         backend: renderer backend name (``auto``, ``torch``, ``native``, ...).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``.
         gpu_jpeg: encode JPEG on the GPU (torchvision) when frames are on CUDA and torchvision imports.
+        stream_pipeline_depth: frames of one stream in flight at once: 1 renders, encodes and sends each frame
+            before the next render starts; 2 renders the next frame while the last one is encoded and sent.
         shutdown_grace_s: how long shutdown waits for in-flight requests and open streams.
         limits: request bounds.
     """
 
     scenes_dir: Path
     scene: Path | None = None
+    bench_scene: str | None = None
+    data_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
@@ -67,6 +76,7 @@ class ServerConfig:
     backend: str = "auto"
     device: str = "auto"
     gpu_jpeg: bool = True
+    stream_pipeline_depth: int = 2
     shutdown_grace_s: float = 10.0
     limits: ServerLimits = field(default_factory=ServerLimits)
 
@@ -77,6 +87,10 @@ class ServerConfig:
             raise ValueError(f"token: expected at least {MIN_TOKEN_CHARS} characters, got {len(self.token)}")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s: expected >= 0, got {self.shutdown_grace_s}")
+        if not 1 <= self.stream_pipeline_depth <= 4:
+            raise ValueError(f"stream_pipeline_depth: expected 1..4, got {self.stream_pipeline_depth}")
+        if self.scene is not None and self.bench_scene is not None:
+            raise ValueError("give a scene file or a bench scene id (bench_scene), not both")
 
 
 def is_loopback(host: str) -> bool:

@@ -38,22 +38,39 @@ class EncodedFrame:
 
 
 class FrameEncoder:
-    """Encodes ``[H, W, 3]`` uint8 frames; thread-safe. torchvision is imported on first CUDA JPEG, if at all."""
+    """Encodes uint8 frames, ``[H, W, 3]`` or planar ``[3, H, W]``; thread-safe. torchvision is imported on first
+    CUDA JPEG, if at all.
+
+    GPU JPEG (torchvision's nvJPEG) reads its input on a stream of its own without waiting for the caller's: the
+    frame must be complete when :meth:`encode` is called (the render thread synchronises its stream before it hands
+    a frame over), and planar, so that no layout copy has to run first. :meth:`wants_planar` says which layout a
+    frame should be rendered into.
+    """
 
     def __init__(self, gpu_jpeg: bool = True) -> None:
         self._gpu_jpeg_wanted = gpu_jpeg
         self._torchvision_io: Any = None  # None: not tried yet; False: unavailable
 
-    def encode(self, image: torch.Tensor, fmt: str, quality: int = 90) -> EncodedFrame:  # image: [H, W, 3] uint8
-        """Encode ``image`` (on any device) as ``fmt``; JPEG ``quality`` is 1..100."""
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    def wants_planar(self, fmt: str, device: torch.device) -> bool:
+        """Whether a ``fmt`` frame on ``device`` is best handed to :meth:`encode` planar (``[3, H, W]``)."""
+        return fmt == "jpeg" and torch.device(device).type == "cuda" and self._gpu_jpeg() is not None
+
+    def encode(self, image: torch.Tensor, fmt: str, quality: int = 90, planar: bool = False) -> EncodedFrame:
+        """Encode ``image`` (on any device; ``[H, W, 3]``, or ``[3, H, W]`` when ``planar``) as ``fmt``.
+
+        JPEG ``quality`` is 1..100.
+        """
+        channels = image.shape[0] if planar else image.shape[-1]
+        if image.dtype != torch.uint8 or image.ndim != 3 or channels != 3:
+            layout = "[3, H, W]" if planar else "[H, W, 3]"
+            raise ValueError(f"image: expected uint8 {layout}, got {image.dtype} {list(image.shape)}")
         start = time.perf_counter()
-        data = self._encode_jpeg_cuda(image, quality) if fmt == "jpeg" and image.is_cuda else None
+        data = self._encode_jpeg_cuda(image, quality, planar) if fmt == "jpeg" and image.is_cuda else None
         if data is not None:
             encoder = "torchvision-cuda"
         else:
-            array = np.ascontiguousarray(image.cpu().numpy())
+            hwc = image.permute(1, 2, 0) if planar else image
+            array = np.ascontiguousarray(hwc.cpu().numpy())
             data, encoder = _encode_host(array, fmt, quality)
         return EncodedFrame(data, fmt, MEDIA_TYPES[fmt], (time.perf_counter() - start) * 1e3, encoder)
 
@@ -62,18 +79,30 @@ class FrameEncoder:
             self._torchvision_io = _import_torchvision_io() if self._gpu_jpeg_wanted else False
         return self._torchvision_io or None
 
-    def _encode_jpeg_cuda(self, image: torch.Tensor, quality: int) -> bytes | None:
+    def _encode_jpeg_cuda(self, image: torch.Tensor, quality: int, planar: bool) -> bytes | None:
         """JPEG bytes encoded on the GPU, or None where that is unavailable (then it is not tried again)."""
         tvio = self._gpu_jpeg()
         if tvio is None:
             return None
+        chw = image if planar else image.permute(2, 0, 1)
+        if not chw.is_contiguous():
+            chw = chw.contiguous()
+            # nvJPEG does not wait for this thread's stream: the copy must be done before it reads
+            torch.cuda.current_stream(image.device).synchronize()
         try:
-            encoded = tvio.encode_jpeg(image.permute(2, 0, 1).contiguous(), quality=quality)
+            encoded = tvio.encode_jpeg(chw, quality=quality)
         except (RuntimeError, TypeError, ValueError) as err:  # an old torchvision or no nvJPEG: CPU from now on
             log.warning("GPU JPEG failed (%s); using simplejpeg from now on", err)
             self._torchvision_io = False
             return None
-        return encoded.cpu().numpy().tobytes()
+        # torchvision copies the bitstream out on the legacy default stream: wait for it before reading the bytes
+        torch.cuda.default_stream(image.device).synchronize()
+        data = encoded.cpu().numpy().tobytes()
+        if not (data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9")):  # never send a broken frame
+            log.warning("GPU JPEG returned a malformed bitstream (%d bytes); encoding this frame on the CPU",
+                        len(data))
+            return None
+        return data
 
 
 def _encode_host(array: np.ndarray, fmt: str, quality: int) -> tuple[bytes, str]:
@@ -104,7 +133,13 @@ def _import_torchvision_io() -> Any:
     return tvio
 
 
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """``[C, H, W, 3]`` float in [0, 1] -> ``[H, C * W, 3]`` uint8 (eyes side by side), as the CLI writes PNGs."""
-    pixels = (image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    return pixels.permute(1, 0, 2, 3).reshape(image.shape[1], image.shape[0] * image.shape[2], 3)
+def to_uint8(image: torch.Tensor, planar: bool = False) -> torch.Tensor:
+    """``[C, H, W, 3]`` float in [0, 1] -> ``[H, C * W, 3]`` uint8 (eyes side by side), as the CLI writes PNGs.
+
+    With ``planar``: the same image as ``[3, H, C * W]`` (what GPU JPEG encoders read), in one copy as well.
+    """
+    pixels = image.detach().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)  # [C, H, W, 3]
+    c, h, w, _ = pixels.shape
+    if planar:
+        return pixels.permute(3, 1, 0, 2).reshape(3, h, c * w).contiguous()  # mono: reshape alone is a view
+    return pixels.permute(1, 0, 2, 3).reshape(h, c * w, 3)

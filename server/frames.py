@@ -2,7 +2,9 @@
 
 All GPU work (renders, scene loads, benchmarks) runs on ONE render thread, one job at a time, so the event loop
 never blocks and the GPU is never shared between jobs; encoding runs on a small pool beside it, so that the next
-frame renders while the last one is encoded.
+frame renders while the last one is encoded. On CUDA the render thread works on a stream of its own and waits only
+for that stream, never for the whole device: an encode on the GPU (nvJPEG, on torchvision's stream) overlaps the
+next render instead of waiting for it, and the other way round.
 
 The frame cache plugs in as a :class:`FrameSource`: ``render(scene, request)`` returns the float image; the scene's
 ``version`` tells it when the scene changed.
@@ -97,15 +99,19 @@ class Frame:
 class RenderWorker:
     """The render thread: runs jobs one at a time, at most ``max_queued`` waiting (:class:`ServerBusy` beyond).
 
-    Jobs run under ``torch.inference_mode()``; a CUDA out-of-memory error frees the cache and becomes
-    :class:`GpuOutOfMemory` (HTTP 503), so that the server keeps serving.
+    Jobs run under ``torch.inference_mode()``, and on a CUDA ``device`` on a stream of the thread's own (created on
+    first use), so that waiting for a frame (:meth:`synchronize`) never waits for other threads' GPU work. A CUDA
+    out-of-memory error frees the cache and becomes :class:`GpuOutOfMemory` (HTTP 503), so that the server keeps
+    serving.
     """
 
-    def __init__(self, max_queued: int) -> None:
+    def __init__(self, max_queued: int, device: torch.device | str | None = None) -> None:
         self.max_queued = max_queued
+        self.device = torch.device(device) if device is not None else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gscache-render")
         self._queued = 0
         self._lock = threading.Lock()
+        self._stream: torch.cuda.Stream | None = None
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on the render thread and wait for it (a cancelled waiter leaves the job running)."""
@@ -113,7 +119,7 @@ class RenderWorker:
             if self._queued >= self.max_queued:
                 raise ServerBusy(f"the render queue is full ({self.max_queued} jobs); retry shortly")
             self._queued += 1
-        future = self._executor.submit(_guarded, functools.partial(fn, *args))
+        future = self._executor.submit(self._run, functools.partial(fn, *args))
         future.add_done_callback(self._done)
         return await asyncio.wrap_future(future)
 
@@ -124,6 +130,19 @@ class RenderWorker:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def _run(self, job: Callable[[], T]) -> T:
+        if self.device is None or self.device.type != "cuda":
+            return _guarded(job)
+        if self._stream is None:  # only the render thread gets here
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._stream):
+            return _guarded(job)
+
+    def synchronize(self, device: torch.device) -> None:
+        """Wait (on the render thread) until the GPU work this thread queued on ``device`` is done."""
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
 
     def close(self) -> None:
         """Finish the running and queued jobs, then stop the thread."""
@@ -141,8 +160,31 @@ def _guarded(job: Callable[[], T]) -> T:
                              retry_after_s=1) from None
 
 
+@dataclass(frozen=True)
+class RenderedFrame:
+    """A rendered, not yet encoded frame: 8-bit pixels (complete: their stream was synchronised) and their cost.
+
+    Attributes:
+        pixels: ``[H, eyes * W, 3]`` uint8, or ``[3, H, eyes * W]`` when ``planar``; on the render device.
+        planar: the layout of ``pixels`` (planar for GPU JPEG, see ``FrameEncoder.wants_planar``).
+        width, height: per eye; eyes: 1 or 2 (side by side, left first).
+        render_ms: render + conversion to 8 bits on the render thread (synchronised on CUDA).
+    """
+
+    pixels: torch.Tensor
+    planar: bool
+    width: int
+    height: int
+    eyes: int
+    render_ms: float
+
+
 class FramePipeline:
-    """Renders on the :class:`RenderWorker` through a :class:`FrameSource`, then encodes on a small pool."""
+    """Renders on the :class:`RenderWorker` through a :class:`FrameSource`, then encodes on a small pool.
+
+    :meth:`frame` does both for one request. A stream pipelines them instead (``server.stream``): it renders the
+    next frame with :meth:`render_now` on the render thread while the last one is encoded (:meth:`encode`) and sent.
+    """
 
     def __init__(self, worker: RenderWorker, source: FrameSource, encoder: FrameEncoder,
                  encode_threads: int = 2) -> None:
@@ -152,18 +194,26 @@ class FramePipeline:
 
     async def frame(self, scene: LoadedScene, request: FrameRequest, fmt: str, quality: int) -> Frame:
         """Render and encode one frame."""
-        pixels, render_ms = await self.worker.call(self._render, scene, request)
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._encode_pool, self.encoder.encode, pixels, fmt, quality)
-        width, height = request.size
-        return Frame(next(self._frame_ids), encoded, width, height, request.eyes, render_ms)
+        rendered = await self.worker.call(self.render_now, scene, request, fmt)
+        return await self.encode(rendered, fmt, quality)
 
-    def _render(self, scene: LoadedScene, request: FrameRequest) -> tuple[torch.Tensor, float]:
+    def render_now(self, scene: LoadedScene, request: FrameRequest, fmt: str) -> RenderedFrame:
+        """Render ``request`` into 8-bit pixels laid out for ``fmt``'s encoder; call it ON the render thread."""
         start = time.perf_counter()
-        pixels = to_uint8(self.source.render(scene, request))
-        if pixels.is_cuda:
-            torch.cuda.synchronize(pixels.device)
-        return pixels, (time.perf_counter() - start) * 1e3
+        image = self.source.render(scene, request)  # [C, H, W, 3]
+        planar = self.encoder.wants_planar(fmt, image.device)
+        pixels = to_uint8(image, planar=planar)
+        self.worker.synchronize(pixels.device)
+        width, height = request.size
+        return RenderedFrame(pixels, planar, width, height, request.eyes, (time.perf_counter() - start) * 1e3)
+
+    async def encode(self, rendered: RenderedFrame, fmt: str, quality: int) -> Frame:
+        """Encode a rendered frame on the encode pool."""
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self._encode_pool, self.encoder.encode, rendered.pixels, fmt, quality,
+                                             rendered.planar)
+        return Frame(next(self._frame_ids), encoded, rendered.width, rendered.height, rendered.eyes,
+                     rendered.render_ms)
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)

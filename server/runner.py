@@ -59,6 +59,9 @@ def make_server(config: ServerConfig, source: FrameSource | None = None, log_lev
     uv_config = uvicorn.Config(
         create_app(state), host=config.host, port=config.port, log_level=log_level, access_log=False,
         ws_max_size=limits.max_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        # frames are JPEG/PNG (already compressed) or raw: permessage-deflate would spend tens of ms of the event
+        # loop per 2064x2208 stereo frame for nothing, so it is never negotiated
+        ws_per_message_deflate=False,
         limit_concurrency=limits.max_inflight_requests + limits.max_streams + 16,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s), server_header=False, lifespan="on",
     )

@@ -23,8 +23,11 @@ class LoadedScene:
         name: how clients refer to it (its path relative to the served directory, or the file name).
         path: the file it was read from.
         splats: the Gaussians, on the render device.
-        center: centre of the central 99% of the means ``(x, y, z)``; extent: their largest side.
+        center: centre of the central 99% of the means ``(x, y, z)``; extent: their largest side. For a benchmark
+            scene (``guitar-g8``): the centre of all copies and the largest side of ONE copy, as ``gscache bench``
+            uses them.
         version: increases with every load, so that caches keyed on it see a new scene.
+        grid: copies per side of a tiled benchmark scene (1 otherwise); the ``orbit``/``head`` paths depend on it.
     """
 
     name: str
@@ -33,11 +36,12 @@ class LoadedScene:
     center: tuple[float, float, float]
     extent: float
     version: int
+    grid: int = 1
 
     def describe(self) -> dict[str, object]:
         """What ``GET /scenes`` and ``POST /scenes/load`` say about it (no absolute paths)."""
         return {"name": self.name, "gaussians": len(self.splats), "sh_degree": self.splats.sh_degree,
-                "center": list(self.center), "extent": self.extent, "version": self.version}
+                "center": list(self.center), "extent": self.extent, "version": self.version, "grid": self.grid}
 
 
 class SceneStore:
@@ -64,9 +68,33 @@ class SceneStore:
             self.current = scene
         return scene
 
+    def load_bench(self, scene_id: str, data_dir: Path | None) -> LoadedScene:
+        """Build the benchmark scene ``scene_id`` (``guitar-g8``, ...) from ``data_dir`` onto the device and make it
+        the current scene (blocking). Its name is the id; centre, extent and grid are those of ``gscache bench``.
+
+        Raises:
+            ValueError: a malformed id or an unreadable scene file; FileNotFoundError: the base file is missing.
+        """
+        from .bench_scenes import resolve_scene
+
+        bench = resolve_scene(scene_id, data_dir, self.device)
+        path = bench_scene_file(scene_id, data_dir)
+        with self._lock:
+            scene = LoadedScene(scene_id, path, bench.splats, bench.center, bench.extent, next(self._versions),
+                                bench.grid)
+            self.current = scene
+        return scene
+
     def name_for(self, path: Path) -> str:
         """``path`` relative to the served directory when it lies under it, else its file name."""
         try:
             return path.resolve().relative_to(self.directory.root).as_posix()
         except ValueError:
             return path.name
+
+
+def bench_scene_file(scene_id: str, data_dir: Path | None) -> Path:
+    """The file a benchmark scene id is built from (``guitar-g8`` -> ``DATA_DIR/guitar.ply``)."""
+    from .bench_scenes import parse_scene_id, scene_file
+
+    return scene_file(parse_scene_id(scene_id).base, data_dir)

@@ -164,5 +164,7 @@ def build_cameras(view: ViewSpec, pose: PoseSpec) -> Camera | StereoRig:
         return head
     per_eye = [None if k is None else torch.tensor(k, dtype=torch.float64) for k in (view.K_left, view.K_right)]
     rig = StereoRig(head, view.ipd, *per_eye)
-    rig.eyes()  # validates the per-eye intrinsics now, not on the render thread
+    if view.K_left is not None or view.K_right is not None:
+        rig.eyes()  # validates the per-eye intrinsics now, not on the render thread (the eyes of a valid head and
+        # its own K are valid: building them here too would triple the cost of every pose, most of them dropped)
     return rig

@@ -10,6 +10,7 @@ import torch
 from renderer.backends import default_registry
 
 from .bench import resolve_device
+from .bench_results import device_name
 from .config import ServerConfig, is_loopback
 from .encode import FrameEncoder
 from .errors import Conflict
@@ -26,7 +27,7 @@ class ServerState:
 
     Attributes:
         config: the settings it was started with.
-        device: where scenes live and frames render.
+        device: where scenes live and frames render; device_name: its model (GPU or CPU), for result files.
         backend: the backend name ``auto`` resolved to on ``device`` (what renders).
         scenes: the served directory and the current scene.
         worker: the render thread; pipeline: render + encode.
@@ -45,6 +46,7 @@ class ServerState:
     tokens: TokenCheck
     local_only: LocalOnlyCheck
     streams: StreamRegistry
+    device_name: str = ""
     started: float = field(default_factory=time.time)
     inflight: int = 0
     bench_running: bool = False
@@ -70,16 +72,22 @@ def build_state(config: ServerConfig, source: FrameSource | None = None) -> Serv
 
     Raises:
         ValueError / BackendUnavailableError: an unknown or unavailable backend or device, an unreadable scene.
+        FileNotFoundError: the base file of ``config.bench_scene`` is missing.
     """
     device = resolve_device(config.device)
     backend = default_registry().resolve(config.backend, device).name
     scenes = SceneStore(SceneDirectory(config.scenes_dir), device)
     if config.scene is not None:
         scenes.load(config.scene, scenes.name_for(config.scene))
-    worker = RenderWorker(config.limits.max_queued_renders)
+    elif config.bench_scene is not None:
+        scenes.load_bench(config.bench_scene, config.data_dir)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # loaded on this thread's stream; the render thread renders on its own
+    worker = RenderWorker(config.limits.max_queued_renders, device)
     pipeline = FramePipeline(worker, source or DirectFrameSource(config.backend), FrameEncoder(config.gpu_jpeg))
     streams = StreamRegistry(config.limits.max_streams)
-    state = ServerState(config=config, device=device, backend=backend, scenes=scenes, worker=worker,
+    state = ServerState(config=config, device=device, device_name=device_name(device), backend=backend,
+                        scenes=scenes, worker=worker,
                         pipeline=pipeline, metrics=Metrics(), tokens=TokenCheck(config.token),
                         local_only=LocalOnlyCheck(not config.token and is_loopback(config.host)), streams=streams)
     state.metrics.gauges += _gauges(state)

@@ -4,7 +4,10 @@ Client -> server (text, JSON):
 - ``{"type": "config", ...ViewSpec fields}``: size, intrinsics, stereo, format for the poses that follow
   (defaults: 640 x 480, 60 degrees, mono, JPEG 90);
 - ``{"type": "pose", "id": <int64>, "world_to_camera" | "c2w_opengl": 4x4}``: a head pose.
-While a frame renders, newer poses replace the waiting one: stale poses are dropped, never queued.
+While a frame renders, newer poses replace the waiting one: stale poses are dropped, never queued. The pose a
+frame shows is picked when the render thread starts on it, so a frame that waited for the render thread (other
+streams' frames) still shows the newest pose. Frames are pipelined (``ServerConfig.stream_pipeline_depth``): the next
+frame renders while the last one is encoded and sent; frames are sent in order, each after the one before it.
 
 Server -> client:
 - binary: one frame = a 48-byte little-endian header (:data:`HEADER`, see :class:`FrameHeader`) + the payload
@@ -21,6 +24,7 @@ import asyncio
 import json
 import logging
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,10 +34,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .encode import FORMAT_CODES
 from .errors import ApiError
-from .frames import FrameRequest
+from .frames import FrameRequest, RenderedFrame
 from .schemas import StreamConfig, StreamMessage, StreamPose, ViewSpec, build_cameras
 
 if TYPE_CHECKING:
+    from .scenes import LoadedScene
     from .state import ServerState
 
 log = logging.getLogger("gscache.server")
@@ -140,20 +145,30 @@ class StreamRegistry:
 
 
 class StreamSession:
-    """One ``/stream`` connection: a receive task that keeps only the newest pose, and a render loop."""
+    """One ``/stream`` connection: a receive task that keeps only the newest pose, and a render loop.
+
+    The render loop renders a frame on the render thread, hands it to a task that encodes and sends it, and goes
+    on to the next pose at once: up to ``stream_pipeline_depth`` frames of this stream are in flight (one renders,
+    the others are encoded or sent). Each send waits for the frame before it, so frames leave in order.
+    """
 
     def __init__(self, websocket: WebSocket, state: ServerState) -> None:
         self.ws, self.state = websocket, state
         self.view = ViewSpec()
         self.pending: PendingPose | None = None
+        self._pending_lock = threading.Lock()  # the receive task sets it, the render thread takes it
         self.wake = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
         self.disconnected = False
         self.frames_sent = 0
+        self.depth = state.config.stream_pipeline_depth
+        self._slots = asyncio.Semaphore(self.depth)
+        self._last_send: asyncio.Task[None] | None = None
+        self._taken: PendingPose | None = None  # the pose the render thread took for the frame it renders
 
     def stop(self, code: int, reason: str) -> None:
-        """End the render loop after its current frame and close with ``code``."""
+        """End the render loop after its frames in flight and close with ``code``."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self.wake.set()
@@ -163,6 +178,8 @@ class StreamSession:
         try:
             await self._render_loop()
         finally:
+            if self._last_send is not None:  # the frames in flight are still sent (graceful shutdown)
+                await asyncio.wait([self._last_send])
             receiver.cancel()
         if not self.disconnected:
             try:
@@ -210,12 +227,18 @@ class StreamSession:
         except ValueError as err:
             metrics.stream_poses.inc(outcome="invalid")
             return await self._send_error(str(err), pose_id=message.id)
-        if self.pending is not None:
+        pose = PendingPose(message.id, FrameRequest(cameras, self.view.background), self.view, time.perf_counter())
+        with self._pending_lock:
+            replaced, self.pending = self.pending, pose
+        if replaced is not None:
             metrics.stream_poses.inc(outcome="dropped")
-        self.pending = PendingPose(message.id, FrameRequest(cameras, self.view.background), self.view,
-                                   time.perf_counter())
         self.wake.set()
         return None
+
+    def _take_pending(self) -> PendingPose | None:
+        with self._pending_lock:
+            pose, self.pending = self.pending, None
+        return pose
 
     # ----- rendering ------------------------------------------------------------------------------------------
     async def _render_loop(self) -> None:
@@ -224,31 +247,83 @@ class StreamSession:
             self.wake.clear()
             if self.close_code is not None:
                 return
-            pose, self.pending = self.pending, None
-            if pose is None:
+            if self.pending is None:
                 continue
-            try:
-                await self._send_frame(pose)
-            except ApiError as err:
-                self.state.metrics.errors.inc(kind=err.kind)
-                await self._send_error(err.detail, pose_id=pose.pose_id, status=err.status)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self.disconnected = True
+            await self._slots.acquire()  # released when the frame was sent (or failed)
+            if self.close_code is not None:
+                self._slots.release()
                 return
-            except Exception:  # noqa: BLE001 - logged here; the client gets a close code, not internals
-                log.exception("stream: frame for pose %d failed", pose.pose_id)
-                self.stop(CLOSE_INTERNAL, "internal error")
+            if not await self._render_and_hand_over():
                 return
+            if self.pending is not None:  # poses arrived while this frame rendered
+                self.wake.set()
 
-    async def _send_frame(self, pose: PendingPose) -> None:
-        scene = self.state.require_scene()
-        frame = await self.state.pipeline.frame(scene, pose.request, pose.view.format, pose.view.quality)
-        self.state.metrics.observe_frame("stream", frame.render_ms, frame.encode_ms, frame.encoded.format)
-        self.state.metrics.stream_poses.inc(outcome="rendered")
-        header = FrameHeader(self.frames_sent, len(frame.encoded.data), pose.pose_id, time.time(), frame.render_ms,
-                             frame.encode_ms, frame.width, frame.height, frame.encoded.format, frame.eyes)
-        await self.ws.send_bytes(header.pack() + frame.encoded.data)
-        self.frames_sent += 1
+    async def _render_and_hand_over(self) -> bool:
+        """Render the newest pose and start encoding and sending it; False when the stream must end."""
+        handed_over = False
+        self._taken = None
+        try:
+            scene = self.state.require_scene()
+            pose, rendered = await self.state.worker.call(self._render_newest, scene)
+            if pose is not None and rendered is not None:
+                self._last_send = asyncio.create_task(self._encode_and_send(pose, rendered, self._last_send))
+                handed_over = True
+        except ApiError as err:  # the render failed, or never ran (no scene, render queue full): drop its pose
+            pose = self._taken or self._take_pending()
+            self.state.metrics.errors.inc(kind=err.kind)
+            await self._after_sends()
+            await self._send_error(err.detail, pose_id=None if pose is None else pose.pose_id, status=err.status)
+        except Exception:  # noqa: BLE001 - logged here; the client gets a close code, not internals
+            log.exception("stream: rendering failed")
+            self.stop(CLOSE_INTERNAL, "internal error")
+            return False
+        finally:
+            if not handed_over:
+                self._slots.release()
+        return True
+
+    def _render_newest(self, scene: LoadedScene) -> tuple[PendingPose | None, RenderedFrame | None]:
+        """On the render thread: take the newest pose now (not when the job was queued) and render it."""
+        pose = self._taken = self._take_pending()
+        if pose is None:
+            return None, None
+        return pose, self.state.pipeline.render_now(scene, pose.request, pose.view.format)
+
+    async def _after_sends(self) -> None:
+        """Wait until every frame handed over so far was sent (or failed)."""
+        if self._last_send is not None:
+            await asyncio.wait([self._last_send])
+
+    async def _encode_and_send(self, pose: PendingPose, rendered: RenderedFrame,
+                               previous: asyncio.Task[None] | None) -> None:
+        """Encode a rendered frame, wait for the frame before it to leave, then send it (never raises)."""
+        try:
+            frame = await self.state.pipeline.encode(rendered, pose.view.format, pose.view.quality)
+            del rendered  # the pixels are not needed any more: free them before waiting
+            if previous is not None:
+                await asyncio.wait([previous])
+            if self.disconnected:
+                return
+            self.state.metrics.observe_frame("stream", frame.render_ms, frame.encode_ms, frame.encoded.format)
+            self.state.metrics.stream_poses.inc(outcome="rendered")
+            header = FrameHeader(self.frames_sent, len(frame.encoded.data), pose.pose_id, time.time(),
+                                 frame.render_ms, frame.encode_ms, frame.width, frame.height, frame.encoded.format,
+                                 frame.eyes)
+            self.frames_sent += 1
+            await self.ws.send_bytes(header.pack() + frame.encoded.data)
+        except ApiError as err:
+            self.state.metrics.errors.inc(kind=err.kind)
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._send_error(err.detail, pose_id=pose.pose_id, status=err.status)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.disconnected = True
+            self.stop(CLOSE_NORMAL, "")
+        except Exception:  # noqa: BLE001 - logged here; the client gets a close code, not internals
+            log.exception("stream: frame for pose %d failed", pose.pose_id)
+            self.stop(CLOSE_INTERNAL, "internal error")
+        finally:
+            self._slots.release()
 
     async def _send_error(self, detail: str, pose_id: int | None = None, status: int = 422,
                           problems: list[str] | None = None) -> None:
