@@ -220,12 +220,21 @@ def run_vs_bench(config: GLBenchConfig) -> dict:
             rows.append(bench_row.to_json())
             print(f"{scene_id} bench {config.renderer}: {bench_row.ms_median:.3f} ms median, {bench_row.fps:.1f} FPS",
                   flush=True)
+            on_cuda = device.type == "cuda"
+            alone_ms = renderer_sustained_ms(scene, config, bench.frames_for("orbit")) if on_cuda else None
             for upload in config.uploads:
                 numbers = time_viewer_stereo(ctx, scene, config, upload, bench.frames_for("orbit"))
                 row = _viewer_row(scene, config, upload, numbers, bench_row, ctx)
+                if alone_ms is not None:
+                    row["renderer_sustained_ms"] = round(alone_ms, 4)
+                    row["sustained_ratio_vs_renderer"] = round(alone_ms / numbers["sustained_ms"], 4)
                 rows.append(row)
                 print(f"{scene_id} {row['renderer']} ({row['upload']}): {row['ms_median']:.3f} ms median, "
-                      f"{row['fps']:.1f} FPS = {row['fps_ratio_vs_bench']:.3f} x bench"
+                      f"{row['fps']:.1f} FPS = {row['fps_ratio_vs_bench']:.3f} x bench; sustained "
+                      f"{row['sustained_ms']:.3f} ms = {row['sustained_fps_ratio_vs_bench']:.3f} x bench, "
+                      f"{row.get('sustained_ratio_vs_renderer')} x the renderer alone sustained "
+                      f"({row.get('renderer_sustained_ms')} ms); draw {row['draw_ms_median']:.3f} ms, "
+                      f"finish+sync {row['finish_ms_median']:.3f} ms"
                       + (f" [{row['upload_note']}]" if row["upload_note"] else ""), flush=True)
             del scene
             if device.type == "cuda":
@@ -253,7 +262,7 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
         return FrameRequest(ViewSpec(head.world_to_camera, config.fov_x_deg, head.near, head.far), out_w, out_h,
                             stereo="side-by-side", ipd=rigs[i % len(rigs)].ipd)
 
-    frame_ms, queued_ms = [], []
+    frame_ms, queued_ms, draw_ms, finish_ms = [], [], [], []
     try:
         pipeline.set_scene(scene.splats)
         for i in range(-config.warmup, frames):  # the poses are the input; the request is built in the frame
@@ -261,18 +270,53 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
             pipeline.render(request(i), finish=False)
             queued = time.perf_counter()
             pipeline.draw_to(window, (0, 0, out_w, out_h))
+            drawn = time.perf_counter()
             ctx.finish()
             sync()
             end = time.perf_counter()
             if i >= 0:
                 frame_ms.append((end - start) * 1e3)
                 queued_ms.append((queued - start) * 1e3)
+                draw_ms.append((drawn - queued) * 1e3)
+                finish_ms.append((end - drawn) * 1e3)
+        # Sustained: frames issued back to back as the viewer's loop issues them (no glFinish per frame; the
+        # interop map/unmap orders CUDA and GL), one finish at the end: the mean frame period.
+        ctx.finish()
+        sync()
+        start = time.perf_counter()
+        for i in range(frames):
+            pipeline.render(request(i), finish=False)
+            pipeline.draw_to(window, (0, 0, out_w, out_h))
+        ctx.finish()
+        sync()
+        sustained_ms = (time.perf_counter() - start) * 1e3 / frames
         psnrs = _viewer_quality(pipeline, scene, rigs, config, request)
         path, note = getattr(source, "upload_path", None), getattr(source, "upload_note", "")
     finally:
         window.release()
         pipeline.release()
-    return {"frame_ms": frame_ms, "queued_ms": queued_ms, "psnrs": psnrs, "upload": path, "note": note}
+    return {"frame_ms": frame_ms, "queued_ms": queued_ms, "draw_ms": draw_ms, "finish_ms": finish_ms,
+            "sustained_ms": sustained_ms, "psnrs": psnrs, "upload": path, "note": note}
+
+
+def renderer_sustained_ms(scene, config: GLBenchConfig, frames: int) -> float:
+    """The renderer alone (the bench's stereo ``render`` call, no display) issued back to back on the same poses,
+    one synchronisation at the end: the mean frame period, to set beside the viewer's sustained period."""
+    device = scene.splats.device
+    backend = default_registry().resolve(config.renderer, device)
+    spec = scene.path_spec(config.width, config.height, config.fov_x_deg)
+    batches = [stack_cameras(r, device, scene.splats.dtype) for r in orbit_path(spec, frames=PATH_FRAMES["orbit"])]
+    background = torch.zeros(2, 3, device=device, dtype=scene.splats.dtype)
+    options = RenderOptions(background=background)
+    with torch.inference_mode():
+        for i in range(config.warmup):
+            backend.render(scene.splats, batches[i % len(batches)], options, background)
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for i in range(frames):
+            backend.render(scene.splats, batches[i % len(batches)], options, background)
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / frames
 
 
 def _viewer_quality(pipeline: FramePipeline, scene, rigs, config: GLBenchConfig, request) -> list[float]:
@@ -311,6 +355,11 @@ def _viewer_row(scene, config: GLBenchConfig, upload: str, numbers: dict, bench_
     row["upload"] = numbers["upload"]
     row["upload_note"] = numbers["note"]
     row["queued_ms_median"] = round(statistics.median(numbers["queued_ms"]), 4)
+    row["draw_ms_median"] = round(statistics.median(numbers["draw_ms"]), 4)
+    row["finish_ms_median"] = round(statistics.median(numbers["finish_ms"]), 4)
+    row["sustained_ms"] = round(numbers["sustained_ms"], 4)
+    row["sustained_fps"] = round(1000.0 / numbers["sustained_ms"], 3)
+    row["sustained_fps_ratio_vs_bench"] = round(row["sustained_fps"] / bench_row.fps, 4)
     row["output_size"] = [2 * config.width, config.height]
     row["gl_renderer"] = ctx.info.get("GL_RENDERER", "unknown")
     row["fov_x_deg"] = config.fov_x_deg
