@@ -7,6 +7,7 @@ identity rotation, opacity ``logit(0.1)``, SH DC from the point colour and highe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -66,14 +67,16 @@ def random_points(n: int, extent: float = 1.3, seed: int = 0) -> PointCloud:
 
 
 def splats_from_points(points: PointCloud, sh_degree: int = 3, opacity: float = 0.1, scale_factor: float = 1.0,
-                       ) -> Splats:
-    """Initial Gaussians, one per point (see the module docstring); ``scale_factor`` multiplies the NN scale."""
+                       knn: Callable[[Tensor], Tensor] | None = None) -> Splats:
+    """Initial Gaussians, one per point (see the module docstring); ``scale_factor`` multiplies the NN scale.
+    ``knn`` maps ``[N, 3]`` points to their ``[N]`` mean squared neighbour distances (default: open3d's search,
+    :func:`knn_mean_sq_dist`)."""
     if len(points) == 0:
         raise ValueError("points: no points to initialise from")
     if not 0.0 < opacity < 1.0:
         raise ValueError(f"opacity: expected a value in (0, 1), got {opacity}")
     n = len(points)
-    dist = knn_mean_sq_dist(points.xyz).clamp_min(1e-7).sqrt() * scale_factor
+    dist = (knn or knn_mean_sq_dist)(points.xyz).clamp_min(1e-7).sqrt() * scale_factor
     log_scales = torch.log(dist).float()[:, None].repeat(1, 3)
     quats = torch.zeros(n, 4)
     quats[:, 0] = 1.0

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from data.dataset import PointCloud
-from data.init_points import random_points
+from data.init_points import random_points, splats_from_points
 from renderer import Splats
-from renderer.splats import SH_C0, SH_COEFFS_FOR_DEGREE
 
 from .config import InitConfig
 
@@ -61,19 +60,7 @@ def knn_mean_sq_dist_scipy(xyz: torch.Tensor, k: int = 3) -> torch.Tensor:
 
 def splats_from_points_scipy(points: PointCloud, sh_degree: int, opacity: float, scale_factor: float) -> Splats:
     """:func:`data.init_points.splats_from_points` with the SciPy neighbour search."""
-    if len(points) == 0:
-        raise ValueError("points: no points to initialise from")
-    if not 0.0 < opacity < 1.0:
-        raise ValueError(f"opacity: expected a value in (0, 1), got {opacity}")
-    n = len(points)
-    dist = knn_mean_sq_dist_scipy(points.xyz).clamp_min(1e-7).sqrt() * scale_factor
-    log_scales = torch.log(dist).float()[:, None].repeat(1, 3)
-    quats = torch.zeros(n, 4)
-    quats[:, 0] = 1.0
-    logits = torch.full((n,), math.log(opacity / (1.0 - opacity)))
-    sh = torch.zeros(n, SH_COEFFS_FOR_DEGREE[sh_degree], 3)
-    sh[:, 0] = (points.rgb.float() - 0.5) / SH_C0
-    return Splats(points.xyz.float().contiguous(), quats, log_scales.contiguous(), logits, sh)
+    return splats_from_points(points, sh_degree, opacity, scale_factor, knn=knn_mean_sq_dist_scipy)
 
 
 def initial_splats_from(points: PointCloud | None, init: InitConfig, sh_degree: int, seed: int,
