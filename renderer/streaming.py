@@ -57,6 +57,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -97,6 +98,68 @@ class ChunkSource(Protocol):
     def read(self, chunk: int, level: int = 0) -> Tensor:
         """The packed entry ``[count * (11 + 3 K)]`` (float32 CPU)."""
         ...
+
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedScene:
+    """A chunked scene to render under a GPU memory budget: what ``gscache view``/``serve``/``bench`` hold in place
+    of :class:`Splats` for a chunk file (``len()`` and ``sh_degree`` as for splats; :meth:`renderer` makes the
+    :class:`StreamingRenderer`).
+
+    Attributes:
+        source: the chunk source (a :class:`data.chunk_file.ChunkFile` or a :class:`renderer.lod.ChunkedScene`).
+        gpu_budget_bytes: the renderer's budget; lod_threshold_px: its LOD threshold (None: level 0 only).
+        path: the chunk file, when the scene is one.
+    """
+
+    source: ChunkSource
+    gpu_budget_bytes: int
+    lod_threshold_px: float | None = None
+    path: Path | None = None
+
+    @staticmethod
+    def open(path: str | Path, gpu_budget_mib: float | None, lod_threshold_px: float | None = None) -> StreamedScene:
+        """Open the chunk file ``path`` for rendering under ``gpu_budget_mib``.
+
+        Raises:
+            ValueError: no budget, a budget whose chunk cache cannot hold the largest chunk, or a malformed file
+                (:class:`data.SceneFormatError`).
+        """
+        from data.chunk_file import open_chunk_file
+
+        if gpu_budget_mib is None:
+            raise ValueError(f"{Path(path).name}: a chunk file renders under a GPU memory budget; pass "
+                             "--gpu-budget-mib MIB")
+        if not gpu_budget_mib > 0:
+            raise ValueError(f"--gpu-budget-mib: expected > 0, got {gpu_budget_mib}")
+        scene = StreamedScene(open_chunk_file(path), int(gpu_budget_mib * MIB), lod_threshold_px, Path(path))
+        scene.renderer(backend="torch", device="cpu")  # checks the budget against the largest chunk now
+        return scene
+
+    def __len__(self) -> int:
+        return int(self.source.counts[:, 0].sum()) if self.source.num_chunks else 0
+
+    @property
+    def sh_degree(self) -> int:
+        return _SH_DEGREE_OF[self.source.sh_coeffs]
+
+    def frame(self) -> tuple[list[float], float]:
+        """Centre and largest side of the level-0 bounding box of the means (from the chunk metadata)."""
+        if self.source.num_chunks == 0:
+            return [0.0, 0.0, 0.0], 1.0
+        lo = self.source.aabb_min[:, 0].amin(dim=0).double()
+        hi = self.source.aabb_max[:, 0].amax(dim=0).double()
+        extent = float((hi - lo).max())
+        return ((lo + hi) / 2).tolist(), extent if extent > 0 else 1.0
+
+    def renderer(self, backend: str = "auto", device: torch.device | str | None = None,
+                 cache_config: CacheConfig | None = None) -> StreamingRenderer:
+        """A new :class:`StreamingRenderer` of the scene (raises ``ValueError`` when the budget is too small)."""
+        return StreamingRenderer(self.source, self.gpu_budget_bytes, backend=backend,
+                                 lod_threshold_px=self.lod_threshold_px, cache_config=cache_config, device=device)
 
 
 # ----- host store ----------------------------------------------------------------------------------------------

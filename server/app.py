@@ -135,6 +135,8 @@ def _add_scene_routes(app: FastAPI, state: ServerState) -> None:
             scene = await state.worker.call(state.scenes.load, path, body.path, body.drop_nonfinite)
         except SceneFormatError as err:
             raise InvalidRequest(f"scene {body.path!r}: {err.problem}") from None
+        except ValueError as err:  # a chunk file without a GPU budget, or one too small for it
+            raise InvalidRequest(f"scene {body.path!r}: {_hide_root(state, err)}") from None
         return {"loaded": scene.describe(), "load_ms": round((time.perf_counter() - start) * 1e3, 3)}
 
 

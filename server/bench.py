@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,8 +24,10 @@ import torch
 
 from renderer.backends import Backend, BackendRegistry, default_registry
 from renderer.cameras import CameraBatch, StereoRig, stack_cameras
-from renderer.frame_cache import FrameCache
+from renderer.frame_cache import CacheConfig, FrameCache
 from renderer.paths import head_path, orbit_path
+from renderer.streaming import MIB as MIB_BYTES
+from renderer.streaming import StreamedScene
 from renderer.types import RenderOptions
 
 from .bench_results import BenchResult, BenchRow, ResultFiles, device_name, git_revision, write_result
@@ -35,6 +37,7 @@ PathName = Literal["orbit", "head"]
 PATH_FRAMES: dict[str, int] = {"orbit": 48, "head": 240}
 PROTOCOL_MIN_WARMUP, PROTOCOL_MIN_TIMED = 8, 96
 CACHE_SUFFIX = "-cache"
+STREAMING_KINDS = ("streaming", "streaming-lod", "streaming-cache")
 PSNR_CAP_DB = 100.0  # identical images: the MSE is floored at 1e-10 so that the JSON never holds inf
 MIB = 1024.0 * 1024.0
 
@@ -47,7 +50,10 @@ class BenchConfig:
         scenes: scene ids (``guitar``, ``playbot``, ``guitar-g8``, ``guitar-g8-sh3``, a path to a ``.ply``, ...).
         paths: camera paths, ``orbit`` (48 poses) and/or ``head`` (240 poses).
         renderers: registered backend names to time (``native``, ``gsplat-unpacked``, ``gsplat-packed``, ``torch``),
-            or ``<backend>-cache`` (``native-cache``, ``torch-cache``) for the frame cache over a staged backend.
+            or ``<backend>-cache`` (``native-cache``, ``torch-cache``) for the frame cache over a staged backend,
+            or ``[<backend>-]streaming``, ``-streaming-lod``, ``-streaming-cache`` for the scene's chunks rendered by
+            :class:`renderer.streaming.StreamingRenderer` under ``gpu_budget_mib`` (level 0 only; with levels of
+            detail; through the frame cache).
         reference: renderer the PSNR is taken against; the first of ``renderers`` when None.
         quality: measure PSNR against ``reference`` (one extra render per pose and renderer, untimed).
         width: image width per eye (the protocol: 2064).
@@ -67,6 +73,10 @@ class BenchConfig:
         progress: show a progress bar.
         command: the command recorded in the result; the process's command line when None.
         revision: the git revision recorded; detected from the repository when None.
+        gpu_budget_mib: the streaming renderers' GPU memory budget (needed by them).
+        chunk_size, lod_levels: how a scene that is not a chunk file is cut into chunks for the streaming
+            renderers (``gscache convert --chunks``'s options; levels only for ``-streaming-lod``).
+        lod_threshold_px: ``-streaming-lod``'s screen-space error threshold in pixels.
     """
 
     scenes: tuple[str, ...] = ("guitar",)
@@ -91,6 +101,10 @@ class BenchConfig:
     progress: bool = True
     command: str | None = None
     revision: str | None = None
+    gpu_budget_mib: float | None = None
+    chunk_size: int = 65536
+    lod_levels: int = 2
+    lod_threshold_px: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("scenes", "paths", "renderers"):
@@ -104,6 +118,15 @@ class BenchConfig:
         if self.warmup_frames < 0 or self.timed_frames < 1:
             raise ValueError(f"warmup_frames >= 0 and timed_frames >= 1 expected, got {self.warmup_frames} and "
                              f"{self.timed_frames}")
+        names = dict.fromkeys((*self.renderers, self.reference_name))
+        streaming = [n for n in names if _renderer_kind(n)[1] in STREAMING_KINDS]
+        if streaming and self.gpu_budget_mib is None:
+            raise ValueError(f"renderers {', '.join(streaming)}: the streaming renderers need --gpu-budget-mib")
+        if self.gpu_budget_mib is not None and not self.gpu_budget_mib > 0:
+            raise ValueError(f"gpu_budget_mib: expected > 0, got {self.gpu_budget_mib}")
+        if self.chunk_size < 1 or not 0 <= self.lod_levels <= 8:
+            raise ValueError(f"chunk_size >= 1 and lod_levels 0..8 expected, got {self.chunk_size} and "
+                             f"{self.lod_levels}")
 
     @property
     def reference_name(self) -> str:
@@ -160,13 +183,23 @@ def run_benchmark(config: BenchConfig, registry: BackendRegistry | None = None) 
     rows: list[BenchRow] = []
     with torch.inference_mode(), _progress(config.progress) as progress:
         task = progress.add_task("bench", total=_total_renders(config))
+        kinds = {_renderer_kind(n)[1] for n in names}
         for scene_id in config.scenes:
             progress.update(task, description=f"loading {scene_id}")
-            scene = resolve_scene(scene_id, config.data_dir, device, sh_seed=config.sh_seed)
+            # a chunk file is loaded whole only for renderers that are not streaming
+            scene = resolve_scene(scene_id, config.data_dir, device, sh_seed=config.sh_seed,
+                                  load_chunk_splats=not kinds <= set(STREAMING_KINDS))
+            streamed = None
+            if kinds & set(STREAMING_KINDS):
+                progress.update(task, description=f"chunking {scene_id}")
+                levels = config.lod_levels if "streaming-lod" in kinds else 0
+                streamed = StreamedScene(scene.chunked(config.chunk_size, levels),
+                                         int(config.gpu_budget_mib * MIB_BYTES), config.lod_threshold_px)
+                streamed.renderer(backend="torch", device="cpu")  # a budget too small for a chunk fails here
             for path in config.paths:
                 rows += _run_scene_path(config, scene, path, backends, lambda: progress.advance(task),
-                                        lambda d: progress.update(task, description=d))
-            del scene
+                                        lambda d: progress.update(task, description=d), streamed)
+            del scene, streamed
             _free(device)
     return BenchResult(command=config.command or _command_line(), revision=config.revision or git_revision(),
                        gpu=device_name(device), date=datetime.date.today().isoformat(), rows=tuple(rows))
@@ -208,11 +241,14 @@ def summary_table(result: BenchResult):  # -> rich.table.Table
 
 # ----- one scene on one path -----------------------------------------------------------------------------------
 def _run_scene_path(config: BenchConfig, scene: BenchScene, path: str, backends: dict[str, Backend],
-                    advance: Callable[[], None], describe: Callable[[str], None]) -> list[BenchRow]:
-    """Time every renderer on ``scene`` along ``path``, then measure quality; one row per renderer."""
+                    advance: Callable[[], None], describe: Callable[[str], None],
+                    streamed: StreamedScene | None = None) -> list[BenchRow]:
+    """Time every renderer on ``scene`` along ``path``, then measure quality; one row per renderer.
+    ``streamed``: the scene's chunks under the budget, for the streaming renderers."""
     spec = scene.path_spec(config.width, config.height, config.fov_x_deg, config.principal_offset)
     rigs = list(orbit_path(spec) if path == "orbit" else head_path(spec))
-    device, dtype = scene.splats.device, scene.splats.dtype
+    device = scene.device
+    dtype = scene.splats.dtype if scene.splats is not None else torch.float32
     batches = [_camera_batch(rig, config.eyes, device, dtype) for rig in rigs]
     background = torch.zeros(config.eyes, 3, device=device, dtype=dtype)
     options = RenderOptions(background=background)
@@ -220,7 +256,8 @@ def _run_scene_path(config: BenchConfig, scene: BenchScene, path: str, backends:
     timings: dict[str, CaseTiming] = {}
     for name in config.renderers:
         describe(f"{scene.id} {path} {name}")
-        source = _FrameSource(name, backends[name], scene, rigs, batches, options, background, config.eyes)
+        source = _FrameSource(name, backends[name], scene, rigs, batches, options, background, config.eyes,
+                              streamed)
         timings[name] = _time_case(source, scene, config.warmup_frames, frames, advance)
     quality: dict[str, Quality] = {}
     reference = config.reference_name
@@ -228,7 +265,8 @@ def _run_scene_path(config: BenchConfig, scene: BenchScene, path: str, backends:
     if config.quality and others:
         describe(f"{scene.id} {path} quality vs {reference}")
         poses = batches[:min(frames, len(batches))]
-        sources = {n: _FrameSource(n, backends[n], scene, rigs, batches, options, background, config.eyes)
+        sources = {n: _FrameSource(n, backends[n], scene, rigs, batches, options, background, config.eyes,
+                                streamed)
                    for n in [reference, *others]}
         quality = _measure_quality(sources, reference, others, len(poses), advance)
     offset = None if config.principal_offset == (0.0, 0.0) else tuple(config.principal_offset)
@@ -241,23 +279,46 @@ def _camera_batch(rig: StereoRig, eyes: int, device: torch.device, dtype: torch.
     return stack_cameras(rig if eyes == 2 else rig.head, device, dtype)
 
 
+def _renderer_kind(name: str) -> tuple[str, str]:
+    """A renderer name's backend and kind: ``native-cache`` -> ``(native, cache)``, ``torch-streaming-lod`` ->
+    ``(torch, streaming-lod)``, ``streaming`` -> ``(auto, streaming)``, ``native`` -> ``(native, "")``."""
+    if name in STREAMING_KINDS:
+        return "auto", name
+    for kind in (*STREAMING_KINDS, CACHE_SUFFIX[1:]):
+        if name.endswith("-" + kind):
+            return name.removesuffix("-" + kind), kind
+    return name, ""
+
+
 def _base_backend(name: str) -> str:
     """The backend under a renderer name: ``native-cache`` -> ``native``."""
-    return name.removesuffix(CACHE_SUFFIX)
+    return _renderer_kind(name)[0]
 
 
 class _FrameSource:
-    """Frame ``i`` of a path for one renderer: a backend call on the i-th camera batch, or, for ``*-cache``
-    renderers, the frame cache fed the path's rigs in order (a new cache per source, so each case starts cold)."""
+    """Frame ``i`` of a path for one renderer: a backend call on the i-th camera batch, or, for ``*-cache`` and
+    streaming renderers, the frame cache or a :class:`StreamingRenderer` over ``streamed`` fed the path's rigs in
+    order (a new one per source, so each case starts cold)."""
 
     def __init__(self, name: str, backend: Backend, scene: BenchScene, rigs: Sequence[StereoRig],
-                 batches: Sequence[CameraBatch], options: RenderOptions, background: torch.Tensor, eyes: int) -> None:
+                 batches: Sequence[CameraBatch], options: RenderOptions, background: torch.Tensor, eyes: int,
+                 streamed: StreamedScene | None = None) -> None:
         self.backend, self.scene, self.rigs, self.batches = backend, scene, rigs, batches
         self.options, self.background, self.eyes = options, background, eyes
-        self.cache = FrameCache(scene.splats, backend=_base_backend(name)) if name.endswith(CACHE_SUFFIX) else None
+        kind = _renderer_kind(name)[1]
+        self.cache = FrameCache(scene.splats, backend=_base_backend(name)) if kind == "cache" else None
+        self.streaming = None
+        if kind in STREAMING_KINDS:
+            lod = streamed.lod_threshold_px if kind == "streaming-lod" else None
+            cache_config = CacheConfig() if kind == "streaming-cache" else None
+            self.streaming = replace(streamed, lod_threshold_px=lod).renderer(_base_backend(name), scene.device,
+                                                                              cache_config)
 
     def render(self, i: int) -> torch.Tensor:
         """The image ``[C, H, W, 3]`` of frame ``i`` (cycling through the path)."""
+        if self.streaming is not None:
+            rig = self.rigs[i % len(self.rigs)]
+            return self.streaming.render(rig if self.eyes == 2 else rig.head, background=self.background).image
         if self.cache is not None:
             rig = self.rigs[i % len(self.rigs)]
             return self.cache.render(rig if self.eyes == 2 else rig.head, background=self.background).image
@@ -273,7 +334,7 @@ def _time_case(source: _FrameSource, scene: BenchScene, warmup: int, frames: int
     between frames count) minus what was allocated when the case began: the scene, the cameras, and whatever
     earlier cases left resident.
     """
-    device = scene.splats.device
+    device = scene.device
     baseline = 0
     if device.type == "cuda":
         _free(device)
@@ -354,7 +415,7 @@ def _row(config: BenchConfig, scene: BenchScene, path: str, name: str, timing: C
     times = np.asarray(timing.frame_ms)
     median = float(np.median(times))
     return BenchRow(
-        scene=scene.id, gaussians=len(scene.splats), sh_degree=scene.splats.sh_degree, path=path, eyes=config.eyes,
+        scene=scene.id, gaussians=scene.gaussians, sh_degree=scene.sh_degree, path=path, eyes=config.eyes,
         width=config.width, height=config.height, renderer=name, gpus=1, frames=len(times),
         ms_median=round(median, 4), ms_p90=round(float(np.percentile(times, 90)), 4),
         ms_p99=round(float(np.percentile(times, 99)), 4), fps=round(1000.0 / median, 3),

@@ -5,6 +5,9 @@ An id is ``<base>[-g<G>][-sh3]``:
   or a path to any scene file that ``data.load_scene`` reads (``.ply``, ``.compressed.ply``, ``.splat``, ``.spz``);
 - ``-g<G>`` tiles it G x G on the x-z plane (:func:`tile_scene`);
 - ``-sh3`` adds seeded SH degree 3 coefficients (:func:`add_sh3`), after tiling, so that copies differ.
+
+A path to a chunk file (``.gschunks``, ``gscache convert --chunks``) is a scene too (no ``-g``/``-sh3``): it is
+not loaded whole (``splats`` is None unless asked for); the streaming renderers read it chunk by chunk.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from pathlib import Path
 
 import torch
 
-from data import load_scene
+from data import load_scene, open_chunk_file
+from data.chunk_file import is_chunk_file
+from renderer.lod import build_chunked_scene
 from renderer.paths import PathSpec
 from renderer.splats import SH_COEFFS_FOR_DEGREE, Splats
+
+SH_DEGREE_OF = {k: d for d, k in SH_COEFFS_FOR_DEGREE.items()}
 
 BASE_SCENE_FILES: dict[str, str] = {"guitar": "guitar.ply", "playbot": "playbot_lod3.ply"}
 _ID_PATTERN = re.compile(r"^(?P<base>.+?)(?:-g(?P<grid>\d+))?(?P<sh3>-sh3)?$")
@@ -45,17 +52,35 @@ class BenchScene:
 
     Attributes:
         id: the scene id it was made from.
-        splats: the Gaussians (on the device asked for).
+        splats: the Gaussians (on the device asked for); None for a chunk file loaded without them.
         center: centre of the scene (all copies) ``(x, y, z)``.
         extent: largest extent of one copy (bounding box of the means).
         grid: copies per side.
+        chunks: the chunk file of a ``.gschunks`` scene (else None: :meth:`chunked` builds the chunks).
+        device: where the scene renders.
     """
 
     id: str
-    splats: Splats
+    splats: Splats | None
     center: tuple[float, float, float]
     extent: float
     grid: int
+    chunks: object | None = None  # data.ChunkFile
+    device: torch.device | None = None
+
+    @property
+    def gaussians(self) -> int:
+        return len(self.splats) if self.splats is not None else int(self.chunks.num_gaussians)
+
+    @property
+    def sh_degree(self) -> int:
+        return self.splats.sh_degree if self.splats is not None else SH_DEGREE_OF[self.chunks.sh_coeffs]
+
+    def chunked(self, chunk_size: int = 65536, lod_levels: int = 0):  # -> ChunkFile | ChunkedScene
+        """The chunk source of the scene: its chunk file, or its splats cut into chunks (in memory)."""
+        if self.chunks is not None:
+            return self.chunks
+        return build_chunked_scene(self.splats, chunk_size, lod_levels, device=self.splats.device)
 
     def path_spec(self, width: int = 2064, height: int = 2208, fov_x_deg: float = 90.0,
                   principal_offset: tuple[float, float] = (0.0, 0.0)) -> PathSpec:
@@ -95,8 +120,13 @@ def scene_file(base: str, data_dir: Path | None) -> Path:
 
 
 def resolve_scene(scene_id: str, data_dir: Path | None = None, device: torch.device | str = "cpu",
-                  sh_seed: int = 0, sh_sigma: float = 0.15) -> BenchScene:
-    """Load, tile and colour the scene named ``scene_id`` onto ``device`` (see the module docstring)."""
+                  sh_seed: int = 0, sh_sigma: float = 0.15, load_chunk_splats: bool = True) -> BenchScene:
+    """Load, tile and colour the scene named ``scene_id`` onto ``device`` (see the module docstring).
+
+    A chunk file's Gaussians are loaded (level 0, onto ``device``) only when ``load_chunk_splats``.
+    """
+    if is_chunk_file(scene_id):
+        return _chunk_file_scene(scene_id, torch.device(device), load_chunk_splats)
     parsed = parse_scene_id(scene_id)
     base = load_scene(scene_file(parsed.base, data_dir)).to(device)
     lo, hi = base.bounds()
@@ -108,7 +138,18 @@ def resolve_scene(scene_id: str, data_dir: Path | None = None, device: torch.dev
         splats = add_sh3(splats, seed=sh_seed, sigma=sh_sigma)
     lo, hi = splats.bounds()
     center = tuple(float(v) for v in (lo + hi) / 2)
-    return BenchScene(id=scene_id, splats=splats, center=center, extent=extent, grid=parsed.grid)  # type: ignore[arg-type]
+    return BenchScene(id=scene_id, splats=splats, center=center, extent=extent, grid=parsed.grid,  # type: ignore[arg-type]
+                      device=splats.device)
+
+
+def _chunk_file_scene(path: str, device: torch.device, load_splats: bool) -> BenchScene:
+    from renderer.streaming import StreamedScene
+
+    chunks = open_chunk_file(path)
+    center, extent = StreamedScene(chunks, 1).frame()
+    splats = chunks.load_level(0).to(device) if load_splats else None
+    return BenchScene(id=path, splats=splats, center=tuple(center), extent=extent, grid=1, chunks=chunks,
+                      device=device)
 
 
 def tile_scene(splats: Splats, grid: int) -> Splats:

@@ -27,7 +27,8 @@ class Serve:
     """Start the headless render server (HTTP + WebSocket); loopback only unless a token is set."""
 
     scene: tyro.conf.Positional[Path | None] = None
-    """Scene loaded at start (.ply, .compressed.ply, .splat, .spz); none when omitted (POST /scenes/load)."""
+    """Scene loaded at start (.ply, .compressed.ply, .splat, .spz, or a .gschunks chunk file with --gpu-budget-mib);
+    none when omitted (POST /scenes/load)."""
     bench_scene: str | None = None
     """Instead of SCENE: a BENCHMARK.md scene id (guitar, guitar-g8, guitar-g8-sh3) built at start from --data-dir;
     clients fly the same orbit/head paths around it as gscache bench."""
@@ -46,6 +47,16 @@ class Serve:
     """auto, torch, native, gsplat, ..."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N."""
+    gpu_budget_mib: float | None = None
+    """GPU memory budget for chunk files (.gschunks from `gscache convert --chunks`), streamed in depth slabs."""
+    lod_threshold_px: float | None = None
+    """Chunk files: screen-space error in pixels allowed for coarser levels of detail (none: level 0 only)."""
+    cache: bool = False
+    """Render through the frame cache (one per stream; backends with stages: torch, native). Off by default (every
+    frame from scratch, exactly as renderer.render): on the GPU the cache is not yet faster than uncached native."""
+    gpus: str | None = None
+    """Spread frames over several GPUs with the multi-GPU scheduler: a count (2) or a list (0,1); each worker
+    loads the scene itself. Default: one render thread on --device."""
     max_streams: int = 4
     max_inflight_requests: int = 32
     max_queued_renders: int = 8
@@ -68,7 +79,8 @@ class Serve:
         return ServerConfig(scenes_dir=scenes_dir, scene=self.scene, bench_scene=self.bench_scene,
                             data_dir=self.data_dir, host=self.host, port=self.port, token=token,
                             insecure_no_token=self.insecure_no_token, backend=self.backend, device=self.device,
-                            stream_pipeline_depth=self.stream_pipeline_depth,
+                            stream_pipeline_depth=self.stream_pipeline_depth, gpu_budget_mib=self.gpu_budget_mib,
+                            lod_threshold_px=self.lod_threshold_px, cache=self.cache, gpus=self.gpus,
                             shutdown_grace_s=self.shutdown_grace_s, limits=limits)
 
     def run(self, console) -> None:  # console: rich.console.Console
@@ -81,7 +93,8 @@ class Serve:
         scene = server.state.scenes.current
         console.print(f"gscache serve: http://{config.host}:{config.port} ({server.state.device}, backend "
                       f"{server.state.backend}); scene {scene.name if scene else '(none)'}; serving "
-                      f"{server.state.scenes.directory.root}; token {'required' if config.token else 'not set'}")
+                      f"{server.state.scenes.directory.root}; token {'required' if config.token else 'not set'}; "
+                      f"frames: {server.state.source_name}")
         if config.insecure_no_token:
             console.print("[bold red]WARNING: --insecure-no-token: no authentication on a non-loopback address[/]")
         server.run()

@@ -62,6 +62,15 @@ class ServerConfig:
         stream_pipeline_depth: frames of one stream in flight at once: 1 renders, encodes and sends each frame
             before the next render starts; 2 renders the next frame while the last one is encoded and sent.
         shutdown_grace_s: how long shutdown waits for in-flight requests and open streams.
+        gpu_budget_mib: the GPU memory budget chunk-file scenes (``.gschunks``) render under
+            (:class:`renderer.streaming.StreamingRenderer`); chunk files are refused without one.
+        lod_threshold_px: their level-of-detail threshold in pixels (None: level 0 only).
+        cache: render through the frame cache (``server.sources.CachedFrameSource``, one cache per stream session)
+            where the backend has stages; False (the default) renders every frame from scratch, exactly as
+            ``renderer.render``. Off by default: on the GPU the cache is not yet faster than uncached ``native``
+            (issue 4's measurements in ``benchmarks/results``).
+        gpus: spread frames over several devices with the multi-GPU scheduler (``server.sources``): a count
+            (``2``) or a list (``0,1``, ``cuda:0,cuda:1``, ``cpu,cpu``); None: the single render thread.
         limits: request bounds.
     """
 
@@ -78,6 +87,10 @@ class ServerConfig:
     gpu_jpeg: bool = True
     stream_pipeline_depth: int = 2
     shutdown_grace_s: float = 10.0
+    gpu_budget_mib: float | None = None
+    lod_threshold_px: float | None = None
+    cache: bool = False
+    gpus: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
@@ -89,6 +102,8 @@ class ServerConfig:
             raise ValueError(f"shutdown_grace_s: expected >= 0, got {self.shutdown_grace_s}")
         if not 1 <= self.stream_pipeline_depth <= 4:
             raise ValueError(f"stream_pipeline_depth: expected 1..4, got {self.stream_pipeline_depth}")
+        if self.gpu_budget_mib is not None and not self.gpu_budget_mib > 0:
+            raise ValueError(f"gpu_budget_mib: expected > 0, got {self.gpu_budget_mib}")
         if self.scene is not None and self.bench_scene is not None:
             raise ValueError("give a scene file or a bench scene id (bench_scene), not both")
 

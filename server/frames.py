@@ -27,7 +27,7 @@ import torch
 from renderer import Camera, StereoRig, render
 
 from .encode import EncodedFrame, FrameEncoder, to_uint8
-from .errors import GpuOutOfMemory, ServerBusy
+from .errors import GpuOutOfMemory, InvalidRequest, ServerBusy
 from .scenes import LoadedScene
 
 T = TypeVar("T")
@@ -35,10 +35,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class FrameRequest:
-    """What to render: a camera or a stereo rig, and the background colour."""
+    """What to render: a camera or a stereo rig, the background colour, and the stream session asking for it
+    (None for ``/render``; a caching source keeps one cache per session)."""
 
     cameras: Camera | StereoRig
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    session: str | None = None
 
     @property
     def eyes(self) -> int:
@@ -61,12 +63,19 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class DirectFrameSource:
-    """Renders every frame from scratch with ``renderer.render``."""
+    """Renders every frame from scratch with ``renderer.render``, or a chunk-file scene with its
+    :class:`renderer.streaming.StreamingRenderer` (``scene.streaming``)."""
 
     backend: str = "auto"
 
     def render(self, scene: LoadedScene, request: FrameRequest) -> torch.Tensor:  # [C, H, W, 3]
-        out = render(scene.splats, request.cameras, backend=self.backend, background=request.background)
+        if scene.streaming is not None:
+            try:
+                out = scene.streaming.render(request.cameras, background=request.background)
+            except ValueError as err:  # e.g. a frame too large for the GPU budget
+                raise InvalidRequest(f"chunk-file scene: {err}") from None
+        else:
+            out = render(scene.splats, request.cameras, backend=self.backend, background=request.background)
         if out.image is None:
             raise RuntimeError(f"backend {self.backend!r} returned no colour image in rgb mode")
         return out.image

@@ -126,6 +126,7 @@ class Metrics:
                                     "(rendered, dropped as stale, invalid)", ("outcome",))
         self.errors = Counter("gscache_errors_total", "Requests refused or failed, by kind", ("kind",))
         self.gauges = list(gauges)
+        self.extra: list[Counter | Gauge | Histogram] = []  # e.g. the frame cache's counter
 
     def observe_frame(self, source: str, render_ms: float, encode_ms: float, fmt: str) -> None:
         self.frames.inc(source=source)
@@ -134,5 +135,5 @@ class Metrics:
 
     def text(self) -> str:
         metrics = [self.requests, self.request_seconds, self.frames, self.render_seconds, self.encode_seconds,
-                   self.stream_poses, self.errors, *self.gauges]
+                   self.stream_poses, self.errors, *self.gauges, *self.extra]
         return "\n".join(line for metric in metrics for line in metric.lines()) + "\n"

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from data import load_scene
+from data.chunk_file import is_chunk_file
 from renderer import Splats, scene_frame
+from renderer.streaming import StreamedScene, StreamingRenderer
 
 from .security import SceneDirectory
 
@@ -22,7 +24,8 @@ class LoadedScene:
     Attributes:
         name: how clients refer to it (its path relative to the served directory, or the file name).
         path: the file it was read from.
-        splats: the Gaussians, on the render device.
+        splats: the Gaussians, on the render device; for a chunk file (``.gschunks``) the :class:`StreamedScene`,
+            rendered by ``streaming`` under the server's GPU budget.
         center: centre of the central 99% of the means ``(x, y, z)``; extent: their largest side. For a benchmark
             scene (``guitar-g8``): the centre of all copies and the largest side of ONE copy, as ``gscache bench``
             uses them.
@@ -32,11 +35,12 @@ class LoadedScene:
 
     name: str
     path: Path
-    splats: Splats
+    splats: Splats | StreamedScene
     center: tuple[float, float, float]
     extent: float
     version: int
     grid: int = 1
+    streaming: StreamingRenderer | None = None
 
     def describe(self) -> dict[str, object]:
         """What ``GET /scenes`` and ``POST /scenes/load`` say about it (no absolute paths)."""
@@ -47,9 +51,11 @@ class LoadedScene:
 class SceneStore:
     """The served directory and the current scene. Loads run on the render thread; swaps are atomic."""
 
-    def __init__(self, directory: SceneDirectory, device: torch.device) -> None:
+    def __init__(self, directory: SceneDirectory, device: torch.device, backend: str = "auto",
+                 gpu_budget_mib: float | None = None, lod_threshold_px: float | None = None) -> None:
         self.directory = directory
         self.device = device
+        self.backend, self.gpu_budget_mib, self.lod_threshold_px = backend, gpu_budget_mib, lod_threshold_px
         self.current: LoadedScene | None = None
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
@@ -57,14 +63,24 @@ class SceneStore:
     def load(self, path: Path, name: str, drop_nonfinite: bool = False) -> LoadedScene:
         """Read ``path`` onto the device and make it the current scene (blocking; call on the render thread).
 
+        A chunk file (``.gschunks``) is not loaded whole: its frames render through a :class:`StreamingRenderer`
+        under ``gpu_budget_mib``.
+
         Raises:
             data.SceneFormatError: the file is unreadable or malformed (a ``ValueError``).
+            ValueError: a chunk file without a budget, or with one too small for its largest chunk.
         """
-        splats = load_scene(path, nonfinite="drop" if drop_nonfinite else "error").to(self.device)
-        center, extent = scene_frame(splats)
+        streaming = None
+        if is_chunk_file(path):
+            splats = StreamedScene.open(path, self.gpu_budget_mib, self.lod_threshold_px)
+            streaming = splats.renderer(self.backend, self.device)
+            center, extent = splats.frame()
+        else:
+            splats = load_scene(path, nonfinite="drop" if drop_nonfinite else "error").to(self.device)
+            center, extent = scene_frame(splats)
         center = tuple(center)
         with self._lock:
-            scene = LoadedScene(name, path, splats, center, extent, next(self._versions))
+            scene = LoadedScene(name, path, splats, center, extent, next(self._versions), streaming=streaming)
             self.current = scene
         return scene
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 
-SCENE_SUFFIXES = (".ply", ".splat", ".spz")
+SCENE_SUFFIXES = (".ply", ".splat", ".spz", ".gschunks")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from .bench_results import device_name
 from .config import ServerConfig, is_loopback
 from .encode import FrameEncoder
 from .errors import Conflict
-from .frames import DirectFrameSource, FramePipeline, FrameSource, RenderWorker
+from .frames import FramePipeline, FrameSource, RenderWorker
 from .metrics import Gauge, Metrics
 from .scenes import LoadedScene, SceneStore
 from .security import LocalOnlyCheck, SceneDirectory, TokenCheck
+from .sources import default_source
 from .stream import StreamRegistry
 
 
@@ -34,6 +35,7 @@ class ServerState:
         metrics: counters for ``GET /metrics``; tokens: the token check; streams: open streams.
         local_only: the Host/Origin check of a token-less loopback server.
         inflight: HTTP requests being answered; bench_running: whether a ``POST /bench`` runs now.
+        source_name: what renders frames (direct, frame cache, scheduler), in words.
     """
 
     config: ServerConfig
@@ -50,6 +52,7 @@ class ServerState:
     started: float = field(default_factory=time.time)
     inflight: int = 0
     bench_running: bool = False
+    source_name: str = "custom"
 
     def require_scene(self) -> LoadedScene:
         scene = self.scenes.current
@@ -61,6 +64,9 @@ class ServerState:
         """Finish queued renders and encodes, then stop their threads."""
         self.worker.close()
         self.pipeline.close()
+        close_source = getattr(self.pipeline.source, "close", None)
+        if close_source is not None:  # the scheduler's workers
+            close_source()
 
 
 def build_state(config: ServerConfig, source: FrameSource | None = None) -> ServerState:
@@ -68,7 +74,8 @@ def build_state(config: ServerConfig, source: FrameSource | None = None) -> Serv
 
     Args:
         config: the settings.
-        source: what renders frames (the frame cache plugs in here); ``DirectFrameSource(config.backend)`` when None.
+        source: what renders frames; when None, the one ``config`` asks for (``server.sources.default_source``:
+            the frame cache, the multi-GPU scheduler or ``DirectFrameSource``).
 
     Raises:
         ValueError / BackendUnavailableError: an unknown or unavailable backend or device, an unreadable scene.
@@ -76,7 +83,8 @@ def build_state(config: ServerConfig, source: FrameSource | None = None) -> Serv
     """
     device = resolve_device(config.device)
     backend = default_registry().resolve(config.backend, device).name
-    scenes = SceneStore(SceneDirectory(config.scenes_dir), device)
+    scenes = SceneStore(SceneDirectory(config.scenes_dir), device, config.backend, config.gpu_budget_mib,
+                        config.lod_threshold_px)
     if config.scene is not None:
         scenes.load(config.scene, scenes.name_for(config.scene))
     elif config.bench_scene is not None:
@@ -84,13 +92,19 @@ def build_state(config: ServerConfig, source: FrameSource | None = None) -> Serv
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # loaded on this thread's stream; the render thread renders on its own
     worker = RenderWorker(config.limits.max_queued_renders, device)
-    pipeline = FramePipeline(worker, source or DirectFrameSource(config.backend), FrameEncoder(config.gpu_jpeg))
+    source_name = "custom"
+    if source is None:
+        source, source_name = default_source(config, device)
+    pipeline = FramePipeline(worker, source, FrameEncoder(config.gpu_jpeg))
     streams = StreamRegistry(config.limits.max_streams)
     state = ServerState(config=config, device=device, device_name=device_name(device), backend=backend,
                         scenes=scenes, worker=worker,
                         pipeline=pipeline, metrics=Metrics(), tokens=TokenCheck(config.token),
                         local_only=LocalOnlyCheck(not config.token and is_loopback(config.host)), streams=streams)
     state.metrics.gauges += _gauges(state)
+    state.source_name = source_name
+    if hasattr(source, "counter"):  # the frame cache's hits and refreshes
+        state.metrics.extra.append(source.counter)
     return state
 
 

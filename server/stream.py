@@ -26,6 +26,7 @@ import logging
 import struct
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,7 @@ class StreamSession:
 
     def __init__(self, websocket: WebSocket, state: ServerState) -> None:
         self.ws, self.state = websocket, state
+        self.id = uuid.uuid4().hex  # the frame cache keeps one cache per session
         self.view = ViewSpec()
         self.pending: PendingPose | None = None
         self._pending_lock = threading.Lock()  # the receive task sets it, the render thread takes it
@@ -181,6 +183,9 @@ class StreamSession:
             if self._last_send is not None:  # the frames in flight are still sent (graceful shutdown)
                 await asyncio.wait([self._last_send])
             receiver.cancel()
+            forget = getattr(self.state.pipeline.source, "forget_session", None)
+            if forget is not None:  # drop this session's frame cache
+                forget(self.id)
         if not self.disconnected:
             try:
                 await self.ws.close(code=self.close_code or CLOSE_NORMAL, reason=self.close_reason)
@@ -227,7 +232,8 @@ class StreamSession:
         except ValueError as err:
             metrics.stream_poses.inc(outcome="invalid")
             return await self._send_error(str(err), pose_id=message.id)
-        pose = PendingPose(message.id, FrameRequest(cameras, self.view.background), self.view, time.perf_counter())
+        request = FrameRequest(cameras, self.view.background, self.id)
+        pose = PendingPose(message.id, request, self.view, time.perf_counter())
         with self._pending_lock:
             replaced, self.pending = self.pending, pose
         if replaced is not None:

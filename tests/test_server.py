@@ -661,3 +661,109 @@ def test_graceful_shutdown_finishes_inflight_work(served: Path) -> None:
     assert results["close"] == (1001, "server shutting down")
     with pytest.raises(httpx.ConnectError):
         httpx.get(running.url + "/health", timeout=5)
+
+
+# ----- frame sources: the frame cache and the multi-GPU scheduler -------------------------------------------------
+def _scene(splats: Splats, path: Path, version: int = 1) -> LoadedScene:
+    from renderer import scene_frame
+
+    center, extent = scene_frame(splats)
+    return LoadedScene(name=path.name, path=path, splats=splats, center=tuple(center), extent=extent,
+                       version=version)
+
+
+def _pixels(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def test_cached_source_matches_direct_render_on_a_head_path(served: Path, splats: Splats) -> None:
+    from renderer.paths import PathSpec, head_path
+    from server.sources import CachedFrameSource
+
+    scene = _scene(splats, served / "rand.ply")
+    cached, direct = CachedFrameSource(backend="torch"), DirectFrameSource(backend="torch")
+    spec = PathSpec(center=scene.center, extent=scene.extent, width=W, height=H)
+    with torch.inference_mode():
+        for i, rig in enumerate(head_path(spec, frames=12)):
+            request = FrameRequest(rig, (0.1, 0.2, 0.3), session="s")
+            got, want = _pixels(cached.render(scene, request)), _pixels(direct.render(scene, request))
+            if i == 0:
+                np.testing.assert_allclose(got.astype(int), want.astype(int), atol=1)
+            assert psnr(got, want) >= 40.0, f"frame {i}: {psnr(got, want):.1f} dB"
+    counts = cached.counter.values
+    assert counts[("shading", "hit")] > 0 and counts[("visible", "refresh")] >= 1
+    assert sum(v for (stage, _), v in counts.items() if stage == "shading") == 12
+
+
+def test_cached_source_keeps_a_cache_per_session_and_drops_old_scenes(served: Path, splats: Splats) -> None:
+    from server.sources import CachedFrameSource
+
+    cached = CachedFrameSource(backend="torch", max_caches=3)
+    first, second = _scene(splats, served / "rand.ply", 1), _scene(splats, served / "rand.ply", 2)
+    with torch.inference_mode():
+        for session in ("a", "b", None):
+            cached.render(first, FrameRequest(camera(), session=session))
+        assert cached.cache_for(first, "a") is not cached.cache_for(first, "b")
+        assert set(cached.cache_keys) == {(1, "a"), (1, "b"), (1, None)}
+        cached.forget_session("a")
+        assert set(cached.cache_keys) == {(1, "b"), (1, None)}
+        cached.render(second, FrameRequest(camera(), session="b"))  # a reload: version 2
+        assert cached.cache_keys == [(2, "b")]
+        for session in ("c", "d", "e"):  # bounded: least recently used first out
+            cached.render(second, FrameRequest(camera(), session=session))
+        assert cached.cache_keys == [(2, "c"), (2, "d"), (2, "e")]
+
+
+def test_scheduled_source_with_two_cpu_workers_renders_as_direct(served: Path, splats: Splats) -> None:
+    from server.sources import ScheduledFrameSource, parse_devices
+
+    assert parse_devices("0,1", torch.device("cuda")) == ["cuda:0", "cuda:1"]
+    assert parse_devices("2", torch.device("cpu")) == ["cpu", "cpu"]
+    source = ScheduledFrameSource(["cpu", "cpu"], backend="torch")
+    assert source.transport == "thread"
+    scene = _scene(splats, served / "rand.ply")
+    direct = DirectFrameSource(backend="torch")
+    try:
+        for background in ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):  # mono: the same image as a direct render
+            request = FrameRequest(camera(), background)
+            got, want = source.render(scene, request), direct.render(scene, request)
+            assert got.shape == want.shape == (1, H, W, 3) and got.device == want.device
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        request = FrameRequest(StereoRig(camera(), 0.1))  # stereo: colours shaded once from the head (the cache)
+        got, want = source.render(scene, request), direct.render(scene, request)
+        assert got.shape == (2, H, W, 3) and psnr(_pixels(got), _pixels(want)) >= 40.0
+        assert sum(w.frames for w in source.scheduler.workers()) == 3
+        first = source.scheduler
+        source.render(_scene(splats, served / "rand.ply", 2), FrameRequest(camera()))  # new version: new workers
+        assert source.scheduler is not first and first._closed
+    finally:
+        source.close()
+
+
+def test_real_server_with_the_frame_cache_answers_render_and_stream(served: Path, splats: Splats) -> None:
+    config = ServerConfig(scenes_dir=served, scene=served / "rand.ply", port=0, backend="torch", cache=True)
+    cam = camera()
+    with BackgroundServer(config) as running:
+        assert running.state.source_name.startswith("frame cache")
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            response = http.post("/render", json=render_body(cam, format="raw"))
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(decode(response).astype(int), expected_pixels(splats, cam).astype(int),
+                                       atol=1)
+
+            async def run() -> None:
+                async with connect(running.ws_url + "/stream") as ws:
+                    await ws.send(_config())
+                    for pose_id in (1, 2):
+                        await ws.send(_pose(pose_id, cam))
+                        header, payload = await _frame(ws)
+                        assert header.pose_id == pose_id
+                        pixels = np.frombuffer(payload, dtype=np.uint8).reshape(H, W, 3)
+                        assert psnr(pixels, expected_pixels(splats, cam)) >= 40.0
+
+            asyncio.run(run())
+            metrics = http.get("/metrics").text
+        assert 'gscache_frame_cache_total{stage="shading",outcome="hit"}' in metrics
+    uncached = ServerConfig(scenes_dir=served, scene=served / "rand.ply", port=0, backend="torch", cache=False)
+    with BackgroundServer(uncached) as running:
+        assert running.state.source_name == "direct (no cache)"

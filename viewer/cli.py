@@ -19,7 +19,8 @@ class View:
     export a camera path to video headlessly."""
 
     scene: tyro.conf.Positional[Path | None] = None
-    """Scene file (.ply, .compressed.ply, .splat, .spz); the bundled scene when omitted."""
+    """Scene file (.ply, .compressed.ply, .splat, .spz, or a .gschunks chunk file with --gpu-budget-mib); the
+    bundled scene when omitted."""
     backend: Literal["auto", "gl", "torch", "native"] = "auto"
     """Frame source: gl (OpenGL shaders), torch (CPU/CUDA reference), native (CUDA); auto: native on CUDA, else gl."""
     width: int = 1280
@@ -46,6 +47,9 @@ class View:
     """OpenGL context for --export-path: egl (no display needed), glx (needs DISPLAY) or auto."""
     drop_nonfinite: bool = False
     """Drop Gaussians with NaN/Inf values instead of refusing the file."""
+    gpu_budget_mib: float | None = None
+    """GPU memory budget for chunk files (.gschunks, `gscache convert --chunks`; opened here, by Open... or by
+    drop), rendered by the torch/native backends in depth slabs under it."""
     remote: str | None = None
     """Show frames streamed from a render server (`gscache serve`) at this URL, e.g. ws://127.0.0.1:8765."""
     token: str | None = None
@@ -73,6 +77,8 @@ class View:
             raise ValueError(f"--width/--height: expected 1..16384, got {self.width}x{self.height}")
         if self.scale is not None and not 0.05 <= self.scale <= 1.0:
             raise ValueError(f"--scale: expected 0.05..1, got {self.scale}")
+        if self.gpu_budget_mib is not None and not self.gpu_budget_mib > 0:
+            raise ValueError(f"--gpu-budget-mib: expected > 0, got {self.gpu_budget_mib}")
         if self.sh_degree is not None and not 0 <= self.sh_degree <= 3:
             raise ValueError(f"--sh-degree: expected 0..3, got {self.sh_degree}")
         if self.remote is not None:

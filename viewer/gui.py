@@ -11,7 +11,7 @@ from .state import AppState
 
 MODES = ["rgb", "depth", "alpha"]
 LAYOUTS = list(STEREO_LAYOUTS)
-SCENE_FILTERS = ["Scenes", "*.ply *.splat *.spz", "All files", "*"]
+SCENE_FILTERS = ["Scenes", "*.ply *.splat *.spz *.gschunks", "All files", "*"]
 _ORBIT_RAD_PER_PX = 0.005
 _PAN_PER_PX = 0.0015
 _LOOK_RAD_PER_PX = 0.003

@@ -10,10 +10,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data import load_scene_report
+from renderer.streaming import StreamedScene
 
 from .camera_path import CameraPath
-from .state import AppState
+from .state import AppState, load_view_scene, streaming_backend
 
 if TYPE_CHECKING:
     from .cli import View
@@ -32,15 +32,18 @@ def build_state(config: View) -> AppState:
     if config.remote is not None:
         return _remote_state(config)
     path = Path(config.scene) if config.scene is not None else default_scene_path()
-    loaded = load_scene_report(path, nonfinite="drop" if config.drop_nonfinite else "error")
-    state = AppState(backend=resolve_backend(config.backend), mode=config.mode, stereo=config.stereo,
-                     background=tuple(config.background))
-    state.set_scene(loaded.splats, path, loaded.format)
-    state.status = f"opened {path.name}: {len(loaded.splats):,} Gaussians"
+    splats, fmt = load_view_scene(path, config.gpu_budget_mib, "drop" if config.drop_nonfinite else "error")
+    backend = resolve_backend(config.backend)
+    if isinstance(splats, StreamedScene) and config.backend == "auto":
+        backend = streaming_backend()  # chunk files stream through a renderer backend
+    state = AppState(backend=backend, mode=config.mode, stereo=config.stereo, background=tuple(config.background),
+                     gpu_budget_mib=config.gpu_budget_mib)
+    state.set_scene(splats, path, fmt)
+    state.status = f"opened {path.name}: {len(splats):,} Gaussians"
     if config.ipd is not None:
         state.ipd = config.ipd
     if config.sh_degree is not None:
-        state.sh_degree = min(config.sh_degree, loaded.splats.sh_degree)
+        state.sh_degree = min(config.sh_degree, splats.sh_degree)
     default_scale = 0.25 if state.backend == "torch" and not torch.cuda.is_available() else 1.0
     state.scale = config.scale if config.scale is not None else default_scale
     return state

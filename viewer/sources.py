@@ -2,7 +2,8 @@
 
 - ``gl``: :class:`GLSplatSource`, the shader rasterizer (any GL 3.3 machine, no CUDA needed);
 - ``torch``, ``native``, ``auto``: :class:`RendererSource`, a ``renderer`` backend on CPU or CUDA, both eyes in
-  one call; for ``native`` the frame becomes the display image on the GPU and goes into the output texture through
+  one call (a chunk file, :class:`renderer.streaming.StreamedScene`, through a ``StreamingRenderer`` under its GPU
+  budget); for ``native`` the frame becomes the display image on the GPU and goes into the output texture through
   CUDA-GL interop (or a reused pinned host buffer where the GL context is not on the CUDA GPU); ``torch`` (the
   reference) fills float eye buffers;
 - ``remote``: :class:`viewer.remote.RemoteSource`, frames streamed from a ``gscache serve`` render server.
@@ -30,6 +31,7 @@ from renderer import Camera, Splats
 from renderer.backends import default_registry
 from renderer.cameras import CameraBatch
 from renderer.native import load_native
+from renderer.streaming import StreamedScene
 from renderer.types import RenderOptions
 
 from .gl_splats import GLSplatRenderer
@@ -93,6 +95,8 @@ class GLSplatSource:
         self.renderer = GLSplatRenderer(ctx, async_sort=async_sort)
 
     def set_scene(self, splats: Splats) -> None:
+        if isinstance(splats, StreamedScene):
+            raise ValueError("a chunk file renders through the torch or native backend, not gl")
         self.renderer.set_scene(splats)
 
     def render(self, camera: Camera, settings: RenderSettings, fbo: moderngl.Framebuffer) -> SourceFrame:
@@ -175,15 +179,27 @@ class RendererSource:
         """How the last frame reached GL: ``interop``, ``host`` or ``eyes`` (None before the first)."""
         self.upload_note = ""
         """Why CUDA-GL interop is not used (empty when it is, or before it was tried)."""
-        self.splats: Splats | None = None
+        self.splats: Splats | StreamedScene | None = None
+        self._streaming = None  # the StreamingRenderer of a StreamedScene
         self._interop: bool | None = None if upload == "auto" and cuda_native else False
         self._backend = None
         self._cams: tuple | None = None  # (pinned host, device, copy event) of the packed cameras
         self._background: tuple[tuple, torch.Tensor] | None = None
         self._pinned: torch.Tensor | None = None
 
-    def set_scene(self, splats: Splats) -> None:
+    def set_scene(self, splats: Splats | StreamedScene) -> None:
+        """Move ``splats`` to the device, or, for a chunk file, make its streaming renderer (``ValueError`` when
+        the budget is too small)."""
+        if isinstance(splats, StreamedScene):
+            self._streaming = splats.renderer(self.name, self.device)
+            self.splats = splats
+            return
+        self._streaming = None
         self.splats = splats.detach().to(self.device)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.splats.dtype if isinstance(self.splats, Splats) else torch.float32
 
     # ----- rendering: one call for all eyes ----------------------------------------------------------------------
     def _render(self, geometry: EyeGeometry, settings: RenderSettings):
@@ -193,6 +209,10 @@ class RendererSource:
         mode = "rgb+depth" if settings.mode == "depth" else settings.mode
         degree = None if settings.sh_degree is None else min(max(settings.sh_degree, 0), splats.sh_degree)
         background = self._background_tensor(settings, len(geometry))
+        if self._streaming is not None:
+            cams = [Camera(torch.from_numpy(geometry.viewmats[i]).float(), torch.from_numpy(geometry.Ks[i]).float(),
+                           geometry.width, geometry.height, geometry.near, geometry.far) for i in range(len(geometry))]
+            return self._streaming.render(cams, background=background, render_mode=mode, sh_degree=degree)
         options = RenderOptions(sh_degree=degree, background=background, render_mode=mode)
         with torch.inference_mode():
             return self._backend.render(splats, self._camera_batch(geometry), options, background)
@@ -212,7 +232,7 @@ class RendererSource:
             dev.copy_(host, non_blocking=True)
             copied.record(torch.cuda.current_stream(self.device))
         else:
-            dev = torch.from_numpy(packed).to(self.splats.dtype)
+            dev = torch.from_numpy(packed).to(self._dtype)
         return CameraBatch(dev[: c * 16].view(c, 4, 4), dev[c * 16:].view(c, 3, 3), g.width, g.height, g.near,
                            g.far)
 
@@ -220,7 +240,7 @@ class RendererSource:
         bg = tuple(settings.background) if settings.mode == "rgb" else (0.0, 0.0, 0.0)
         key = (bg, eyes)
         if self._background is None or self._background[0] != key:
-            tensor = torch.tensor(bg, dtype=self.splats.dtype, device=self.device).expand(eyes, 3).contiguous()
+            tensor = torch.tensor(bg, dtype=self._dtype, device=self.device).expand(eyes, 3).contiguous()
             self._background = (key, tensor)
         return self._background[1]
 
@@ -332,7 +352,7 @@ class RendererSource:
         return self._pinned
 
     def release(self) -> None:
-        self.splats = None
+        self.splats = self._streaming = None
         self._pinned = None
         self._cams = None
         self._background = None

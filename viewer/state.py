@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from renderer import Splats
+from renderer.streaming import StreamedScene
 
 from .camera_control import CameraController
 from .camera_path import CameraPath, Keyframe
@@ -26,11 +27,27 @@ from .sources import REMOTE, RenderSettings
 HISTORY = 240
 
 
-def scene_center_extent(splats: Splats, quantile: float = 0.005) -> tuple[list[float], float]:
-    """Centre and extent of a scene (central quantiles of the means; the framing ``gscache render`` uses)."""
+def scene_center_extent(splats: Splats | StreamedScene, quantile: float = 0.005) -> tuple[list[float], float]:
+    """Centre and extent of a scene (central quantiles of the means; the framing ``gscache render`` uses; a chunk
+    file's from its chunk bounds)."""
     from renderer import scene_frame
 
+    if isinstance(splats, StreamedScene):
+        return splats.frame()
     return scene_frame(splats, quantile)
+
+
+def load_view_scene(path: str | os.PathLike[str], gpu_budget_mib: float | None = None,
+                    nonfinite: str = "error") -> tuple[Splats | StreamedScene, str]:
+    """A scene file's Gaussians and format, or for a chunk file (``.gschunks``) a :class:`StreamedScene` under
+    ``gpu_budget_mib`` (raises ``ValueError`` without a budget or with one too small for its largest chunk)."""
+    from data import load_scene_report
+    from data.chunk_file import is_chunk_file
+
+    if is_chunk_file(path):
+        return StreamedScene.open(path, gpu_budget_mib), "gschunks"
+    loaded = load_scene_report(path, nonfinite=nonfinite)
+    return loaded.splats, loaded.format
 
 
 @dataclass
@@ -38,7 +55,7 @@ class SceneSlot:
     """The scene on show and where it came from."""
 
     path: Path | None = None
-    splats: Splats | None = None
+    splats: Splats | StreamedScene | None = None
     fmt: str = ""
     extent: float = 1.0
 
@@ -85,26 +102,29 @@ class AppState:
     remote: RemoteSpec | None = None
     remote_url: str = "ws://127.0.0.1:8765"
     remote_token: str = ""
+    gpu_budget_mib: float | None = None
     _remote_scene_key: tuple | None = None
     _loader: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "scene-loader"))
     _pending_load: tuple[Path, Future] | None = None
     _screenshot_request: Path | None = None
-    _uploaded: Splats | None = None
+    _uploaded: Splats | StreamedScene | None = None
 
     # ----- scene ------------------------------------------------------------------------------
     def open_scene(self, path: str | os.PathLike[str], wait: bool = False) -> None:
-        """Load a scene file on a worker thread; errors end up in :attr:`error`, never in an exception."""
-        from data import load_scene_report
-
+        """Load a scene file (or open a chunk file under :attr:`gpu_budget_mib`) on a worker thread; errors end up
+        in :attr:`error`, never in an exception, and keep the current scene."""
         path = Path(path)
         self.status = f"loading {path.name} ..."
-        self._pending_load = (path, self._loader.submit(load_scene_report, path))
+        self._pending_load = (path, self._loader.submit(load_view_scene, path, self.gpu_budget_mib))
         if wait:
             self._pending_load[1].exception()
             self.poll()
 
-    def set_scene(self, splats: Splats, path: Path | None = None, fmt: str = "") -> None:
-        """Show ``splats`` and frame it (the default view)."""
+    def set_scene(self, splats: Splats | StreamedScene, path: Path | None = None, fmt: str = "") -> None:
+        """Show ``splats`` and frame it (the default view); a chunk file switches a ``gl``/``remote`` backend to
+        ``torch`` (``native`` on CUDA), which stream it."""
+        if isinstance(splats, StreamedScene) and self.backend not in ("torch", "native"):
+            self.set_backend(streaming_backend())
         center, extent = scene_center_extent(splats)
         self.scene = SceneSlot(path, splats, fmt, extent)
         self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg, self.camera.up)
@@ -135,9 +155,9 @@ class AppState:
             self._pending_load = None
             err = future.exception()
             if err is None:
-                loaded = future.result()
-                self.set_scene(loaded.splats, path, loaded.format)
-                self.status = f"opened {path.name}: {len(loaded.splats):,} Gaussians"
+                splats, fmt = future.result()
+                self.set_scene(splats, path, fmt)
+                self.status = f"opened {path.name}: {len(splats):,} Gaussians"
             else:
                 self.error = f"cannot open {path}: {err}"
                 self.status = ""
@@ -415,3 +435,9 @@ class AppState:
         """Release everything that is not GL (the loader thread)."""
         self._loader.shutdown(wait=False, cancel_futures=True)
 
+
+def streaming_backend() -> str:
+    """The backend a chunk file is shown with: ``native`` on CUDA, else ``torch``."""
+    import torch
+
+    return "native" if torch.cuda.is_available() else "torch"
