@@ -196,18 +196,12 @@ def needs_for(backends: list[str], mcmc: bool = False) -> set[str]:
 
 # ----- result files ----------------------------------------------------------------------------------------------
 def gpu_name() -> str:
-    """The GPU model, or the CPU model on a machine without CUDA."""
+    """The GPU model, or the CPU model on a machine without CUDA (``server.bench_results.device_name``)."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
+    from server.bench_results import device_name
+
+    return device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def slug(text: str) -> str:

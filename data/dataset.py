@@ -164,7 +164,7 @@ class ImageCache:
 
     def _load(self, frame: Frame, background: tuple[float, float, float]) -> Tensor:
         from .images import read_image_rgb, resize_image
-        from .undistort import apply_remap, remap_grid
+        from .undistort import apply_remap
 
         image = read_image_rgb(frame.image_path, background)  # [H, W, 3]
         src = frame.source
@@ -173,9 +173,15 @@ class ImageCache:
                 raise DatasetError(frame.image_path, f"image is {image.shape[1]}x{image.shape[0]}, expected "
                                                      f"{src.width}x{src.height} like the other images of its camera")
             if src not in self._remaps:
-                self._remaps[src] = remap_grid(src)
+                self._remaps[src] = self._remap_grid(src)
             image = apply_remap(image, self._remaps[src])
         return resize_image(image, frame.camera.width, frame.camera.height, frame.image_path)
+
+    def _remap_grid(self, source: SourceCamera) -> Tensor:
+        """The undistortion's sampling grid ``[H', W', 2]`` for ``source`` (:func:`data.undistort.remap_grid`)."""
+        from .undistort import remap_grid
+
+        return remap_grid(source)
 
 
 def split_frames(frames: list[Frame], test_every: int) -> tuple[list[Frame], list[Frame]]:

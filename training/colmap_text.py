@@ -27,8 +27,8 @@ from data.dataset import (
     SourceCamera,
     split_frames,
 )
-from data.images import image_size, read_image_rgb, resize_image
-from data.undistort import PINHOLE_MODELS, apply_remap, check_model
+from data.images import image_size
+from data.undistort import PINHOLE_MODELS, check_model
 from renderer import Camera
 
 FALLBACK_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
@@ -144,17 +144,8 @@ def remap_grid(source: SourceCamera) -> Tensor:
 class FallbackImageCache(ImageCache):
     """:class:`data.dataset.ImageCache` with the undistortion above instead of pycolmap's."""
 
-    def _load(self, frame: Frame, background: tuple[float, float, float]) -> Tensor:
-        image = read_image_rgb(frame.image_path, background)
-        src = frame.source
-        if src is not None:
-            if (image.shape[1], image.shape[0]) != (src.width, src.height):
-                raise DatasetError(frame.image_path, f"image is {image.shape[1]}x{image.shape[0]}, expected "
-                                                     f"{src.width}x{src.height} like the other images of its camera")
-            if src not in self._remaps:
-                self._remaps[src] = remap_grid(src)
-            image = apply_remap(image, self._remaps[src])
-        return resize_image(image, frame.camera.width, frame.camera.height, frame.image_path)
+    def _remap_grid(self, source: SourceCamera) -> Tensor:
+        return remap_grid(source)
 
 
 # ----- the text files ----------------------------------------------------------------------------------------------
