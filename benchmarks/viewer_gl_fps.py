@@ -19,7 +19,9 @@ per eye, 2064 x 2208 for the protocol). For each scene, on the ``orbit`` poses o
 (b) the viewer's frame, per ``--uploads`` (``auto``: CUDA-GL interop where the EGL context is on the CUDA GPU,
     ``host``: through pinned host memory): ``FramePipeline.render`` of the side-by-side request (2 x width by
     height; both eyes in one render call, written into the output texture) + ``draw_to`` of the output into a
-    framebuffer of that size (what the window does) + ``glFinish`` and a CUDA stream sync, wall clock per frame.
+    framebuffer of ``--window`` size (``gscache view``'s default window, 1280 x 800; ``0 0``: the frame's own size)
+    + ``glFinish`` and a CUDA stream sync, wall clock per frame. On compute GPUs (H100/H200: few graphics units) a
+    full-screen GL pass costs ~0.07 ms per megapixel, so the window's size is part of the figure.
 Rows: the bench row (``renderer`` = the backend) and one ``viewer-<renderer>[-host]`` row per upload, with
 ``fps_ratio_vs_bench`` = viewer FPS / bench FPS, how the frame reached GL, and PSNR of the shown 8-bit frame against
 the bench renderer's own stereo image on ``--quality-frames`` poses (100 dB: identical). JSON and plot as
@@ -90,6 +92,9 @@ class GLBenchConfig:
     write: bool = True
     vs_bench: bool = False
     """Compare the viewer's CUDA path with ``gscache bench`` (see the module docstring); width/height per eye."""
+    window: tuple[int, int] = (1280, 800)
+    """``--vs-bench``: the window the viewer's frame is drawn into (``gscache view``'s default size; the stereo pair
+    is scaled into it as the app does); ``0 0``: a framebuffer of the frame's own size (2 x width by height)."""
     renderer: str = "native"
     """``--vs-bench``: the bench renderer and the viewer's frame source (``native``; ``torch`` for CPU smoke tests)."""
     uploads: tuple[str, ...] = ("auto",)
@@ -252,8 +257,9 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
     spec = scene.path_spec(config.width, config.height, config.fov_x_deg)
     rigs = list(orbit_path(spec, frames=PATH_FRAMES["orbit"]))
     out_w, out_h = 2 * config.width, config.height
+    win_w, win_h = window_size(config)
     pipeline = FramePipeline(ctx, config.renderer, upload=upload)
-    window = ctx.framebuffer(color_attachments=[ctx.texture((out_w, out_h), 4)])  # stands in for the window
+    window = ctx.framebuffer(color_attachments=[ctx.texture((win_w, win_h), 4)])  # stands in for the window
     source = pipeline.source
     sync = getattr(source, "synchronize", lambda: None)
 
@@ -269,7 +275,7 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
             start = time.perf_counter()
             pipeline.render(request(i), finish=False)
             queued = time.perf_counter()
-            pipeline.draw_to(window, (0, 0, out_w, out_h))
+            pipeline.draw_to(window, (0, 0, win_w, win_h))
             drawn = time.perf_counter()
             ctx.finish()
             sync()
@@ -286,7 +292,7 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
         start = time.perf_counter()
         for i in range(frames):
             pipeline.render(request(i), finish=False)
-            pipeline.draw_to(window, (0, 0, out_w, out_h))
+            pipeline.draw_to(window, (0, 0, win_w, win_h))
         ctx.finish()
         sync()
         sustained_ms = (time.perf_counter() - start) * 1e3 / frames
@@ -297,6 +303,12 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
         pipeline.release()
     return {"frame_ms": frame_ms, "queued_ms": queued_ms, "draw_ms": draw_ms, "finish_ms": finish_ms,
             "sustained_ms": sustained_ms, "psnrs": psnrs, "upload": path, "note": note}
+
+
+def window_size(config: GLBenchConfig) -> tuple[int, int]:
+    """The window the viewer's frame is drawn into: ``config.window``, or the frame's own size for ``0 0``."""
+    w, h = config.window
+    return (2 * config.width, config.height) if w <= 0 or h <= 0 else (int(w), int(h))
 
 
 def renderer_sustained_ms(scene, config: GLBenchConfig, frames: int) -> float:
@@ -361,6 +373,7 @@ def _viewer_row(scene, config: GLBenchConfig, upload: str, numbers: dict, bench_
     row["sustained_fps"] = round(1000.0 / numbers["sustained_ms"], 3)
     row["sustained_fps_ratio_vs_bench"] = round(row["sustained_fps"] / bench_row.fps, 4)
     row["output_size"] = [2 * config.width, config.height]
+    row["window"] = list(window_size(config))
     row["gl_renderer"] = ctx.info.get("GL_RENDERER", "unknown")
     row["fov_x_deg"] = config.fov_x_deg
     return row

@@ -117,6 +117,16 @@ def _scene(case: str) -> tuple[Splats, list[Camera], tuple[float, float, float]]
     elif case == "empty_view":
         splats = Splats.random(100, sh_degree=0, seed=6)
         cams = [_camera((0.0, 0.0, 4.0), target=(0.0, 0.0, 9.0))]
+    elif case == "deep_tiles":
+        # Thousands of faint, wide Gaussians on a 3 x 2 tile image (a few opaque ones stop some pixels early): tile
+        # ranges of many batches, where the native backward pass splits each range into segments (blend.h).
+        base = Splats.random(3000, sh_degree=1, seed=8)
+        jitter = torch.randn(base.log_scales.shape, generator=torch.Generator().manual_seed(8))
+        log_scales = math.log(0.8) + 0.3 * jitter  # anisotropic, so that the rotation has a gradient
+        opacity_logits = torch.full_like(base.opacity_logits, -4.5)
+        opacity_logits[:12] = 3.0
+        splats = Splats(base.means, base.quats, log_scales, opacity_logits, base.sh)
+        cams = [_camera((0.2, 0.1, 3.0), width=48, height=32)]
     elif case == "guitar_2k":
         splats = _load_fixture("guitar_2k.ply")
         cams = _fixture_cameras(splats)
@@ -128,8 +138,8 @@ def _scene(case: str) -> tuple[Splats, list[Camera], tuple[float, float, float]]
     return splats, cams, bg
 
 
-CASES = ("random_sh3", "offcentre_sh1", "stereo", "behind_camera", "huge_and_tiny", "empty_view", "guitar_2k",
-         "guitar_1k_sh3")
+CASES = ("random_sh3", "offcentre_sh1", "stereo", "behind_camera", "huge_and_tiny", "empty_view", "deep_tiles",
+         "guitar_2k", "guitar_1k_sh3")
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -50,6 +50,40 @@ def make_optimizers(params: torch.nn.ParameterDict, lrs: dict[str, float], eps: 
             for k in PARAM_KEYS}
 
 
+def step_optimizers(optimizers: dict[str, torch.optim.Adam]) -> None:
+    """One Adam update of every parameter with a gradient, then the gradients dropped (``zero_grad(set_to_none)``).
+
+    Fused optimizers (the GPU) are updated by calling the fused kernel directly: ``Optimizer.step`` spends about
+    120 us of Python per call (hooks, profiler records, group bookkeeping), which with one optimizer per parameter
+    (what gsplat's strategies expect) was ~0.7 ms of host time per training step, while the kernels take ~60 us.
+    The arithmetic is ``Adam(fused=True).step()``'s exactly: the step counters are raised by one, then
+    ``torch._fused_adam_`` with the group's hyper-parameters. A parameter whose state is not initialised yet, and
+    every non-fused optimizer, goes through ``Optimizer.step``.
+    """
+    fused: list[tuple[torch.Tensor, dict, dict]] = []
+    for opt in optimizers.values():
+        group = opt.param_groups[0]
+        param = group["params"][0]
+        state = opt.state.get(param)
+        if param.grad is None:
+            continue
+        if (not group.get("fused") or group.get("decoupled_weight_decay") or not state or len(opt.param_groups) != 1
+                or len(group["params"]) != 1):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            continue
+        fused.append((param, group, state))
+    if fused:
+        torch._foreach_add_([state["step"] for _, _, state in fused], 1)
+    for param, group, state in fused:
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_([param], [param.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                           amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                           grad_scale=None, found_inf=None)
+        param.grad = None
+
+
 def means_lr_at(step: int, steps: int, base: float, final_factor: float) -> float:
     """Exponential decay from ``base`` at step 0 to ``base * final_factor`` at ``steps``."""
     return base * final_factor ** (min(step, steps) / steps)

@@ -43,6 +43,7 @@ from .params import (
     params_from_tensors,
     sh_degree_at,
     splats_from_params,
+    step_optimizers,
 )
 from .rasterize import Rasterizer
 from .strategy import build_strategy, initial_state, post_backward, pre_backward
@@ -228,9 +229,7 @@ class Trainer:
         loss = terms.total if reg is None else terms.total + reg
         pre_backward(self.strategy, self.params, self.optimizers, self.strategy_state, step, info)
         loss.backward()
-        for opt in self.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step_optimizers(self.optimizers)
         self.maybe_densify(info, means_lr)
         self.step += 1
         if not with_stats:

@@ -71,7 +71,8 @@ class ViewerApp:
         state.render_if_dirty(width, height)
         screen = ctx.screen
         screen.use()
-        screen.clear(*state.background, 1.0)
+        if state.pipeline.output_texture is None:  # else the draw covers the window: no clear (fill rate is scarce
+            screen.clear(*state.background, 1.0)  # on compute GPUs: a full-window pass costs as much as the draw)
         state.pipeline.draw_to(screen, (0, 0, width, height))
         screen.viewport = (0, 0, width, height)  # ImGui's backend sets its own state from here
 

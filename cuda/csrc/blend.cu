@@ -19,10 +19,10 @@ struct TilePixel {
     float fx, fy;
 };
 
-__device__ TilePixel tile_pixel(int tiles_x, int tiles_y, int width, int height, const int* tile_offsets) {
+__device__ TilePixel tile_pixel(int tiles_x, int tiles_y, int width, int height, const int* tile_offsets,
+                                int range) {
     TilePixel t;
     const int tiles = tiles_x * tiles_y;
-    const int range = blockIdx.x;
     t.cam = range / tiles;
     const int tile = range - t.cam * tiles;
     const int ty = tile / tiles_x, tx = tile - ty * tiles_x;
@@ -92,9 +92,21 @@ __device__ __forceinline__ StagedGaussian gather_gaussian(const BlendArgs& a, si
 // Forward: one 16x16 block per (camera, tile), one pixel per thread; batches of 256 Gaussians staged in shared
 // memory with their footprints (base-2 conic, alpha cut-off on the power), so that a sample costs two FMAs for the
 // power and a compare before any exponential.
+// Saves a pixel's running sums (transmittance, colour, depth) in slot ``slot`` of the segment state.
+__device__ __forceinline__ void save_segment_state(float* seg_state, int slot, size_t pixels, size_t pix,
+                                                   const PixelForward& st) {
+    float* out = seg_state + static_cast<size_t>(slot) * kSegmentState * pixels + pix;
+    out[0] = st.T;
+    out[pixels] = st.c[0];
+    out[2 * pixels] = st.c[1];
+    out[3 * pixels] = st.c[2];
+    out[4 * pixels] = st.d;
+}
+
 template <bool COLOR, bool DEPTH>
 __global__ void __launch_bounds__(kBlockThreads, 6) blend_forward_kernel(const BlendArgs a) {
-    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
+    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets,
+                                    static_cast<int>(blockIdx.x));
     __shared__ float4 s_a[kBlockThreads];  // mx, my, opacity, thr
     __shared__ float4 s_b[kBlockThreads];  // A, B, Cq, depth
     __shared__ float4 s_c[kBlockThreads];  // r, g, b, -
@@ -105,11 +117,19 @@ __global__ void __launch_bounds__(kBlockThreads, 6) blend_forward_kernel(const B
     const float tile_x0 = static_cast<float>((tile % a.tiles_x) * kTileSize) + 0.5f;
     const float tile_y0 = static_cast<float>((tile / a.tiles_x) * kTileSize) + 0.5f;
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
+    const size_t pixels = static_cast<size_t>(a.C) * a.height * a.width;
+    const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
+    const int seg_len = a.seg_state != nullptr ? segment_length(tp.end - tp.start, a.segments) : 0;
     PixelForward st{1.f, {0.f, 0.f, 0.f}, 0.f};
     int last = 0;
     bool done = !tp.inside;
     for (int base = tp.start; base < tp.end; base += kBlockThreads) {
         if (__syncthreads_count(done) == kBlockThreads) break;
+        // A segment boundary: what the segment in front of it leaves (its backward block starts from here). Ranges
+        // whose pixels all stopped earlier never get here; their backward blocks start from the final state.
+        if (seg_len > 0 && base > tp.start && (base - tp.start) % seg_len == 0 && tp.inside) {
+            save_segment_state(a.seg_state, (base - tp.start) / seg_len - 1, pixels, pix, st);
+        }
         const int j = base + static_cast<int>(threadIdx.x);
         FootprintCull cull{};
         cull.verdict = -1;  // past the range end: in no sub-tile
@@ -154,7 +174,7 @@ __global__ void __launch_bounds__(kBlockThreads, 6) blend_forward_kernel(const B
         }
     }
     if (!tp.inside) return;
-    const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
+    if (a.seg_state != nullptr) save_segment_state(a.seg_state, a.segments - 1, pixels, pix, st);
     const float acc = 1.f - st.T;
     a.out_alpha[pix] = acc;
     if (COLOR) {
@@ -176,7 +196,15 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 template <bool COLOR, bool DEPTH>
 __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const BlendBackwardArgs a) {
-    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets);
+    // Block = (segment, range): the segment's entries [seg_lo, seg_hi) of the range, back to front.
+    const int ranges = a.C * a.tiles_x * a.tiles_y;
+    const int segment = static_cast<int>(blockIdx.x) / ranges;
+    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets,
+                                    static_cast<int>(blockIdx.x) - segment * ranges);
+    const int seg_len = a.segments > 1 ? segment_length(tp.end - tp.start, a.segments) : tp.end - tp.start;
+    const int seg_lo = tp.start + segment * seg_len;
+    if (seg_lo >= tp.end) return;  // (the whole block: an empty segment)
+    const int seg_hi = min(tp.end, seg_lo + seg_len);
     __shared__ int s_id[kBlockThreads];
     __shared__ float2 s_xy[kBlockThreads];
     __shared__ float4 s_conop[kBlockThreads];
@@ -187,7 +215,7 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
     const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-    const int tile = blockIdx.x % (a.tiles_x * a.tiles_y);
+    const int tile = (static_cast<int>(blockIdx.x) - segment * ranges) % (a.tiles_x * a.tiles_y);
     const float tile_x0 = static_cast<float>((tile % a.tiles_x) * kTileSize) + 0.5f;
     const float tile_y0 = static_cast<float>((tile / a.tiles_x) * kTileSize) + 0.5f;
 
@@ -198,15 +226,24 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
         pixel_cotangents(a.out_T[pix], COLOR && a.v_image ? a.v_image + 3 * pix : nullptr,
                          a.background + 3 * tp.cam, a.v_alpha ? a.v_alpha + pix : nullptr,
                          DEPTH && a.v_depth ? a.v_depth + pix : nullptr, DEPTH ? a.out_depth[pix] : 0.f, st);
+        if (seg_hi - tp.start < last) {  // entries behind this segment were kept: start from the saved boundary
+            const size_t pixels = static_cast<size_t>(a.C) * a.height * a.width;
+            const float* b = a.seg_state + static_cast<size_t>(segment) * kSegmentState * pixels + pix;
+            const float* f = a.seg_state + static_cast<size_t>(a.segments - 1) * kSegmentState * pixels + pix;
+            st.T = b[0];
+            GS_UNROLL
+            for (int ch = 0; ch < 3; ++ch) st.SC[ch] = f[(ch + 1) * pixels] - b[(ch + 1) * pixels];
+            st.SD = f[4 * pixels] - b[4 * pixels];
+        }
     }
     if (threadIdx.x == 0) s_max_last = 0;
     __syncthreads();
     atomicMax(&s_max_last, last);
     __syncthreads();
-    const int range_end = tp.start + s_max_last;
+    const int range_end = min(seg_hi, tp.start + s_max_last);
 
-    for (int top = range_end; top > tp.start; top -= kBlockThreads) {
-        const int lo = max(tp.start, top - kBlockThreads);
+    for (int top = range_end; top > seg_lo; top -= kBlockThreads) {
+        const int lo = max(seg_lo, top - kBlockThreads);
         __syncthreads();  // the previous batch is consumed
         const int j = lo + static_cast<int>(threadIdx.x);
         FootprintCull cull{};
@@ -275,7 +312,7 @@ cudaError_t launch_forward(const BlendArgs& a, cudaStream_t stream) {
 
 template <bool COLOR, bool DEPTH>
 cudaError_t launch_backward(const BlendBackwardArgs& a, cudaStream_t stream) {
-    const int blocks = a.C * a.tiles_x * a.tiles_y;
+    const int blocks = a.C * a.tiles_x * a.tiles_y * (a.segments > 1 ? a.segments : 1);
     blend_backward_kernel<COLOR, DEPTH><<<blocks, kBlockThreads, 0, stream>>>(a);
     return cudaGetLastError();
 }

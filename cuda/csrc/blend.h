@@ -25,6 +25,11 @@ struct BlendArgs {
     float* out_depth;  // [C, H, W] (with depths)
     float* out_T;      // [C, H, W] final transmittance, or nullptr (inference)
     int* out_last;     // [C, H, W] number of range entries up to the last kept one, or nullptr (inference)
+    // Segmented backward (see segment_length): the pixel state at each segment boundary, [segments, 5, C, H, W]
+    // (slot s < segments - 1: transmittance, colour and depth sums in front of boundary s + 1; the last slot: the
+    // final sums), or nullptr with segments <= 1.
+    float* seg_state;
+    int segments;
 };
 
 struct BlendBackwardArgs {
@@ -45,6 +50,8 @@ struct BlendBackwardArgs {
     const float* v_image;      // [C, H, W, 3] or nullptr
     const float* v_alpha;      // [C, H, W] or nullptr
     const float* v_depth;      // [C, H, W] or nullptr
+    const float* seg_state;    // the forward's boundary states, or nullptr
+    int segments;              // segments per tile range (1: the whole range in one block)
     // outputs, accumulated (zero them first)
     float* v_means2d;    // [C, N, 2]
     float* v_conics;     // [C, N, 3]
@@ -52,6 +59,17 @@ struct BlendBackwardArgs {
     float* v_colors;     // [C, N, 3] or nullptr
     float* v_depths;     // [C, N] or nullptr
 };
+
+// Segmented backward: each tile's range of n entries is cut into ``segments`` pieces of this many entries (whole
+// batches of 256), each walked back to front by its own block from the pixel state that the forward pass saved at
+// the piece's far boundary. Small images (few tiles, long ranges: training at 200 x 200) then fill the GPU; with
+// one segment the backward pass is the classic one.
+constexpr int kSegmentState = 5;  // T, colour sum (3), depth sum
+GS_HD int segment_length(int n, int segments) {
+    const int per = (n + segments - 1) / segments;
+    const int len = (per + kTilePixels - 1) / kTilePixels * kTilePixels;
+    return len > kTilePixels ? len : kTilePixels;
+}
 
 GS_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)

@@ -1,4 +1,8 @@
 // Torch glue for the blend stage, forward and backward.
+#include <ATen/cuda/CUDAContext.h>
+
+#include <algorithm>
+
 #include "blend.h"
 #include "ops.h"
 #include "torch_glue.h"
@@ -67,9 +71,21 @@ void fill_common(Args& a, const BlendInputs& in, int64_t width, int64_t height, 
     a.tile_offsets = tile_offsets.data_ptr<int>();
 }
 
+// Segments per tile range for the backward pass (blend.h, segment_length): enough blocks to fill the GPU about
+// four times over where the ranges are long (small images, many Gaussians per tile), one where there are tiles
+// enough or the ranges are short (a segment is at least one batch of 256 entries).
+int64_t backward_segments(int64_t ranges, int64_t pairs, const at::Device& device) {
+    constexpr int64_t kMaxSegments = 8;
+    if (ranges <= 0 || pairs <= 0) return 1;
+    const int64_t sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
+    const int64_t fill = (4 * sms + ranges - 1) / ranges;
+    const int64_t batches = pairs / (ranges * kTilePixels);  // mean batches per range
+    return std::max<int64_t>(1, std::min({kMaxSegments, fill, batches}));
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_forward_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_forward_op(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
     const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
     const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
@@ -84,6 +100,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_for
     at::Tensor depth = at::empty({present(depths) ? C : 0, H, W, 1}, fopts);
     at::Tensor T = at::empty({save_for_backward ? C : 0, H, W}, fopts);
     at::Tensor last = at::empty({save_for_backward ? C : 0, H, W}, fopts.dtype(at::kInt));
+    const int64_t segments =
+        save_for_backward ? backward_segments(C * in.tiles_x * in.tiles_y, gaussian_ids.size(0), means2d.device()) : 1;
+    at::Tensor seg_state = at::empty({segments > 1 ? segments : 0, kSegmentState, C, H, W}, fopts);
     BlendArgs a{};
     fill_common(a, in, width, height, means2d, conics, opacities, colors, depths, background, gaussian_ids,
                 tile_offsets);
@@ -92,8 +111,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_for
     a.out_depth = present(depths) ? depth.data_ptr<float>() : nullptr;
     a.out_T = save_for_backward ? T.data_ptr<float>() : nullptr;
     a.out_last = save_for_backward ? last.data_ptr<int>() : nullptr;
+    a.seg_state = segments > 1 ? seg_state.data_ptr<float>() : nullptr;
+    a.segments = static_cast<int>(segments);
     check_status(blend_forward(a, current_stream()), "blend_forward");
-    return {image, alpha, depth, T, last};
+    return {image, alpha, depth, T, last, seg_state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_backward_op(
@@ -101,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
     const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
     const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
     const std::optional<at::Tensor>& out_depth, const at::Tensor& out_T, const at::Tensor& out_last,
-    const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
+    const at::Tensor& seg_state, const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
     const std::optional<at::Tensor>& v_depth) {
     const BlendInputs in = check_blend_inputs(means2d, conics, opacities, colors, depths, background, gaussian_ids,
                                               tile_offsets, width, height);
@@ -110,6 +131,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
     GS_CHECK_SHAPE(out_T, C, H, W);
     GS_CHECK_INT(out_last);
     GS_CHECK_SHAPE(out_last, C, H, W);
+    GS_CHECK_FLOAT(seg_state);
+    const int64_t segments = seg_state.size(0) > 1 ? seg_state.size(0) : 1;
+    if (segments > 1) GS_CHECK_SHAPE(seg_state, segments, kSegmentState, C, H, W);
     if (present(v_image)) {
         GS_CHECK_FLOAT(*v_image);
         GS_CHECK_SHAPE(*v_image, C, H, W, 3);
@@ -138,6 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
     a.out_depth = opt_ptr(out_depth);
     a.out_T = out_T.data_ptr<float>();
     a.out_last = out_last.data_ptr<int>();
+    a.seg_state = segments > 1 ? seg_state.data_ptr<float>() : nullptr;
+    a.segments = static_cast<int>(segments);
     a.v_image = present(colors) ? opt_ptr(v_image) : nullptr;
     a.v_alpha = opt_ptr(v_alpha);
     a.v_depth = present(depths) ? opt_ptr(v_depth) : nullptr;

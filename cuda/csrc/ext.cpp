@@ -15,10 +15,10 @@ TORCH_LIBRARY(gscache, m) {
           "int height) -> (Tensor, Tensor, Tensor)");
     m.def("blend_forward(Tensor means2d, Tensor conics, Tensor opacities, Tensor? colors, Tensor? depths, "
           "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, "
-          "bool save_for_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+          "bool save_for_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("blend_backward(Tensor means2d, Tensor conics, Tensor opacities, Tensor? colors, Tensor? depths, "
           "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, Tensor? out_depth, "
-          "Tensor out_T, Tensor out_last, Tensor? v_image, Tensor? v_alpha, Tensor? v_depth) "
+          "Tensor out_T, Tensor out_last, Tensor seg_state, Tensor? v_image, Tensor? v_alpha, Tensor? v_depth) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
     // the viewer's display path (catch-all kernels: some take no tensor to dispatch on)
     m.def("display_pack(Tensor? image, Tensor? alpha, Tensor? depth, int mode, int layout, float[] depth_lo, "

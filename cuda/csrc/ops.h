@@ -33,8 +33,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor&
                                                                int64_t height);
 
 // -> image [C,H,W,3] (or empty), alpha [C,H,W,1], depth [C,H,W,1] (or empty), T [C,H,W] and last [C,H,W]
-//    (empty unless save_for_backward)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_forward_op(
+//    (empty unless save_for_backward), seg_state [S,5,C,H,W] (the segmented backward's boundary states; S = 0
+//    unless save_for_backward picked S > 1 segments)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_forward_op(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
     const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
     const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
@@ -46,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
     const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& depths, const at::Tensor& background,
     const at::Tensor& gaussian_ids, const at::Tensor& tile_offsets, int64_t width, int64_t height,
     const std::optional<at::Tensor>& out_depth, const at::Tensor& out_T, const at::Tensor& out_last,
-    const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
+    const at::Tensor& seg_state, const std::optional<at::Tensor>& v_image, const std::optional<at::Tensor>& v_alpha,
     const std::optional<at::Tensor>& v_depth);
 
 // Viewer display path (gl_interop_op.cpp): eye images [C,H,W,k] -> display RGBA8 [H, W or 2W, 4] (uint8), into a

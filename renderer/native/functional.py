@@ -103,10 +103,10 @@ class _Blend(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, colors, depths, background, gaussian_ids, tile_offsets, width,
                 height):
         ops = load_native(means2d.device)
-        image, alpha, depth, t_final, last = ops.blend_forward(means2d, conics, opacities, colors, depths, background,
-                                                               gaussian_ids, tile_offsets, width, height, True)
+        image, alpha, depth, t_final, last, seg_state = ops.blend_forward(
+            means2d, conics, opacities, colors, depths, background, gaussian_ids, tile_offsets, width, height, True)
         ctx.save_for_backward(means2d, conics, opacities, colors, depths, background, gaussian_ids, tile_offsets,
-                              depth if depths is not None else None, t_final, last)
+                              depth if depths is not None else None, t_final, last, seg_state)
         ctx.meta = (width, height)
         ctx.set_materialize_grads(False)
         return image, alpha, depth
@@ -114,12 +114,12 @@ class _Blend(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
         width, height = ctx.meta
-        (means2d, conics, opacities, colors, depths, background, ids, offsets, depth, t_final,
-         last) = ctx.saved_tensors
+        (means2d, conics, opacities, colors, depths, background, ids, offsets, depth, t_final, last,
+         seg_state) = ctx.saved_tensors
         ops = load_native(means2d.device)
         v_means2d, v_conics, v_opacities, v_colors, v_depths = ops.blend_backward(
             means2d, conics, opacities, colors, depths, background, ids, offsets, width, height, depth, t_final, last,
-            _opt(v_image) if colors is not None else None, _opt(v_alpha),
+            seg_state, _opt(v_image) if colors is not None else None, _opt(v_alpha),
             _opt(v_depth) if depths is not None else None)
         v_background = None
         if ctx.needs_input_grad[5] and v_image is not None and colors is not None:
@@ -154,6 +154,6 @@ def blend(projected: Projected, bins: TileBins, width: int, height: int, backgro
         image, alpha, depth = _Blend.apply(means2d, conics, opacities, colors, depths, bg, ids, offsets, width, height)
     else:
         ops = load_native(means2d.device)
-        image, alpha, depth, _, _ = ops.blend_forward(means2d, conics, opacities, colors, depths, bg, ids, offsets,
+        image, alpha, depth, _, _, _ = ops.blend_forward(means2d, conics, opacities, colors, depths, bg, ids, offsets,
                                                       width, height, False)
     return (image if with_colors else None), alpha, (depth if with_depth else None)
