@@ -89,9 +89,6 @@ __device__ __forceinline__ StagedGaussian gather_gaussian(const BlendArgs& a, si
     return s;
 }
 
-// Forward: one 16x16 block per (camera, tile), one pixel per thread; batches of 256 Gaussians staged in shared
-// memory with their footprints (base-2 conic, alpha cut-off on the power), so that a sample costs two FMAs for the
-// power and a compare before any exponential.
 // Saves a pixel's running sums (transmittance, colour, depth) in slot ``slot`` of the segment state.
 __device__ __forceinline__ void save_segment_state(float* seg_state, int slot, size_t pixels, size_t pix,
                                                    const PixelForward& st) {
@@ -103,6 +100,9 @@ __device__ __forceinline__ void save_segment_state(float* seg_state, int slot, s
     out[4 * pixels] = st.d;
 }
 
+// Forward: one 16x16 block per (camera, tile), one pixel per thread; batches of 256 Gaussians staged in shared
+// memory with their footprints (base-2 conic, alpha cut-off on the power), so that a sample costs two FMAs for the
+// power and a compare before any exponential.
 template <bool COLOR, bool DEPTH>
 __global__ void __launch_bounds__(kBlockThreads, 6) blend_forward_kernel(const BlendArgs a) {
     const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets,
@@ -199,8 +199,8 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
     // Block = (segment, range): the segment's entries [seg_lo, seg_hi) of the range, back to front.
     const int ranges = a.C * a.tiles_x * a.tiles_y;
     const int segment = static_cast<int>(blockIdx.x) / ranges;
-    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets,
-                                    static_cast<int>(blockIdx.x) - segment * ranges);
+    const int range = static_cast<int>(blockIdx.x) - segment * ranges;
+    const TilePixel tp = tile_pixel(a.tiles_x, a.tiles_y, a.width, a.height, a.tile_offsets, range);
     const int seg_len = a.segments > 1 ? segment_length(tp.end - tp.start, a.segments) : tp.end - tp.start;
     const int seg_lo = tp.start + segment * seg_len;
     if (seg_lo >= tp.end) return;  // (the whole block: an empty segment)
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kBlockThreads) blend_backward_kernel(const Ble
     const size_t cam_off = static_cast<size_t>(tp.cam) * a.N;
     const size_t pix = (static_cast<size_t>(tp.cam) * a.height + tp.py) * a.width + tp.px;
     const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-    const int tile = (static_cast<int>(blockIdx.x) - segment * ranges) % (a.tiles_x * a.tiles_y);
+    const int tile = range % (a.tiles_x * a.tiles_y);
     const float tile_x0 = static_cast<float>((tile % a.tiles_x) * kTileSize) + 0.5f;
     const float tile_y0 = static_cast<float>((tile / a.tiles_x) * kTileSize) + 0.5f;
 
