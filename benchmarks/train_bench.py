@@ -14,6 +14,9 @@ group when it overruns, so that one call never outlives the device call):
 - ``resume``: lego, N steps uninterrupted, and the same run killed with SIGKILL after half its steps (while a
   checkpoint is being written when the timing allows), checked for partial files, resumed with ``--resume`` and
   compared.
+- ``seeds``: lego with more seeds per backend (``--seeds 1,2``), plus held-out snowmiku runs (``--parts snowmiku``,
+  ``--snowmiku-backends gsplat``), all side by side on the GPU: the PSNR spread across seeds (``--merge DIR`` adds
+  the isolated ``lego`` rows as seed 0). Wall times of side-by-side runs are not speed figures.
 
 Output (at most 8 files): ``<date>-<gpu>-train-<mode>.json`` (BENCHMARK.md shape: command, revision, gpu, date,
 rows), a ``.png`` plot with the same stem, ``train-<mode>.log`` (every run's output) and, for ``snowmiku``,
@@ -264,7 +267,8 @@ def plot(path: Path, what: str, gpu: str, rows: list[dict[str, Any]], extra: dic
 
     short = {LEGO: "lego", SNOWMIKU: "snowmiku"}
     labels = [f"{short.get(r.get('dataset'), r.get('dataset'))}\n{r.get('backend')}"
-              f"{' ' + r['part'] if r.get('part') else ''}{' ' + r['run'] if what == 'resume' else ''}" for r in rows]
+              f"{' ' + r['part'] if r.get('part') else ''}{' ' + r['run'] if what == 'resume' else ''}"
+              f"{' seed ' + str(r.get('seed')) if what == 'seeds' else ''}" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = (("psnr", "test PSNR (dB)"), ("wall_s", "training wall time (s)"), ("it_per_s", "it/s"))
     for ax, (key, title) in zip(axes, panels, strict=True):
@@ -327,6 +331,78 @@ def compare(rows: list[dict[str, Any]], ours: str, peer: str) -> dict[str, Any]:
     return {"psnr_diff_db": diff, "ssim_diff": a["ssim"] - b["ssim"], "wall_ratio": ratio, "loop_ratio": loop_ratio,
             "psnr_within_0.2db": abs(diff) <= 0.2, "native_not_worse_by_0.2db": diff >= -0.2,
             "wall_ratio_at_most_0.8": ratio <= 0.8}
+
+
+def mode_seeds(args) -> int:
+    """Lego (and snowmiku held-out) PSNR over several seeds per backend, the runs side by side on one GPU.
+
+    The runs share the GPU, so their wall times say nothing about speed (the ``lego`` mode times each backend
+    alone); what this measures is the run-to-run spread of the test PSNR that a single-seed comparison hides.
+    """
+    lego = dataset_path(args, LEGO)
+    prebuild(args, needs_for(args.backends))
+    jobs = [(f"lego-{b}-seed{s}", lego, b, s) for s in args.seeds for b in args.backends]
+    if "snowmiku" in args.parts:
+        jobs += [(f"snowmiku-{b}-seed0", dataset_path(args, SNOWMIKU), b, 0) for b in args.snowmiku_backends]
+    limit = min(args.timeout, remaining(args) - 15)
+    print(f"=== {len(jobs)} runs side by side ({limit:.0f} s at most) {time.strftime('%T')}", flush=True)
+    procs = []
+    for name, data, backend, seed in jobs:
+        run_dir = Path(args.work_dir) / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [sys.executable, "-m", "training", str(data), "--out", str(run_dir), "--backend", backend,
+               *train_args(args, args.steps), "--seed", str(seed)]
+        procs.append((name, data, backend, seed, run_dir, start(cmd, Path(args.work_dir) / f"{name}.log")))
+    t0 = time.time()
+    rows = []
+    for name, data, backend, seed, run_dir, proc in procs:
+        rc, timed_out = wait(proc, limit - (time.time() - t0))
+        log = Path(args.work_dir) / f"{name}.log"
+        row = row_from_run(run_dir, log, data.name, backend)
+        row.update(run=name, seed=seed, side_by_side=len(procs), exit_code=rc, timed_out=timed_out,
+                   status="ok" if rc == 0 and row.get("psnr") is not None else ("timeout" if timed_out else "failed"))
+        append_log(args, name, log)
+        print(f"    {name}: {summary(row)}", flush=True)
+        rows.append(row)
+    rows += isolated_lego_rows(args)
+    write_result(args, "seeds", _clean(rows), {"spread": seed_spread(rows), "note": (
+        "runs side by side on one GPU: wall times are not speed figures (see the lego result); rows with "
+        "isolated=true come from the lego result named in merged_from")})
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+def isolated_lego_rows(args) -> list[dict[str, Any]]:
+    """The single-seed lego rows of earlier calls (``--merge``), counted as seed 0 of each backend."""
+    if not args.merge:
+        return []
+    rows = []
+    for path in sorted(Path(args.merge).glob("*-train-lego.json")):
+        for old in json.loads(path.read_text()).get("rows", []):
+            if old.get("status") == "ok" and old.get("steps") == args.steps:
+                rows.append({**old, "seed": 0, "isolated": True, "merged_from": path.name})
+    return rows
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset and backend: the seeds' test PSNR (mean, sample std, min, max) and mean SSIM; for lego, the
+    native-minus-gsplat difference of the means."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            out.setdefault(f"{row['dataset']}/{row['backend']}", []).append(row)
+    spread = {}
+    for key, group in sorted(out.items()):
+        psnr = [r["psnr"] for r in group]
+        spread[key] = {"runs": len(group), "psnr_mean": statistics.fmean(psnr),
+                       "psnr_std": statistics.stdev(psnr) if len(psnr) > 1 else None,
+                       "psnr_min": min(psnr), "psnr_max": max(psnr),
+                       "ssim_mean": statistics.fmean(r["ssim"] for r in group)}
+    a, b = spread.get(f"{LEGO}/native"), spread.get(f"{LEGO}/gsplat")
+    if a and b:
+        spread["lego_native_minus_gsplat_db"] = a["psnr_mean"] - b["psnr_mean"]
+    return spread
 
 
 def mode_snowmiku(args) -> int:
@@ -473,10 +549,13 @@ def inspect_run_dir(run_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("smoke", "lego", "snowmiku", "resume"))
+    parser.add_argument("mode", choices=("smoke", "lego", "snowmiku", "resume", "seeds"))
     parser.add_argument("--backends", default=None, help="comma-separated (smoke/lego: native,gsplat; else native)")
     parser.add_argument("--steps", type=int, default=None, help="smoke 500, lego/snowmiku 30000, resume 4000")
-    parser.add_argument("--parts", default="heldout,scene", help="snowmiku: heldout, scene or both")
+    parser.add_argument("--parts", default="heldout,scene", help="snowmiku: heldout, scene or both; seeds: "
+                        "'snowmiku' adds a held-out snowmiku run per --snowmiku-backends")
+    parser.add_argument("--seeds", default="1,2", help="seeds: the lego seeds per backend")
+    parser.add_argument("--snowmiku-backends", default="gsplat", help="seeds: backends of the snowmiku runs")
     parser.add_argument("--scene-steps", type=int, default=30_000, help="snowmiku scene: steps")
     parser.add_argument("--cap", type=int, default=38_000, help="snowmiku scene: MCMC Gaussian cap (SH 3: "
                                                                 "248 bytes each, 38k = 9.4 MB)")
@@ -494,16 +573,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--call-budget", type=float, default=float(os.environ.get("TRAIN_CALL_BUDGET", 585)),
                         help="seconds this whole call may take (counted from TRAIN_CALL_START)")
     args = parser.parse_args(argv)
-    default_backends = "native,gsplat" if args.mode in ("smoke", "lego") else "native"
+    default_backends = "native,gsplat" if args.mode in ("smoke", "lego", "seeds") else "native"
     args.backends = (args.backends or default_backends).split(",")
     args.parts = args.parts.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.snowmiku_backends = [b for b in args.snowmiku_backends.split(",") if b]
     if args.steps is None:
         args.steps = {"smoke": 500, "resume": 4000}.get(args.mode, 30_000)
-    if args.checkpoint_every is None and args.mode in ("lego", "snowmiku"):
+    if args.checkpoint_every is None and args.mode in ("lego", "snowmiku", "seeds"):
         args.checkpoint_every = 10_000
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    return {"smoke": mode_smoke, "lego": mode_lego, "snowmiku": mode_snowmiku, "resume": mode_resume}[args.mode](args)
+    return {"smoke": mode_smoke, "lego": mode_lego, "snowmiku": mode_snowmiku, "resume": mode_resume,
+            "seeds": mode_seeds}[args.mode](args)
 
 
 if __name__ == "__main__":
