@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_SCENE = ASSETS_DIR / "scenes" / "playbot.ply"
+DEFAULT_SCENE = ASSETS_DIR / "scenes" / "snowmiku.ply"
 
 
 def default_scene_path() -> Path:

@@ -1,4 +1,5 @@
-"""``gscache render`` and ``gscache demo``: render a scene from an orbit or from given cameras into PNG files."""
+"""``gscache render`` and ``gscache demo``: render a scene from its capture cameras, an orbit or given cameras into
+PNG files."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data import default_scene_path, load_scene
+from data.scene_cameras import SceneCameras, camera_at_size, open_scene_cameras, resolve_scene_file
 from renderer import Camera, PathSpec, Splats, StereoRig, intrinsics_from_fov, look_at, orbit_path, render, scene_frame
 
 
@@ -27,15 +29,16 @@ class RenderConfig:
     """Render a scene to PNG files and print frame times."""
 
     scene: Path | None = None
-    """Scene file (.ply, .compressed.ply, .splat, .spz); the bundled scene when omitted."""
+    """Scene file (.ply, .compressed.ply, .splat, .spz) or a training run's folder; the bundled scene when
+    omitted."""
     out: Path = Path("renders")
     """Output directory (created if missing)."""
     width: int = 640
     height: int = 480
     frames: int = 8
-    """Number of orbit frames (ignored with --cameras)."""
+    """Number of frames: orbit poses or capture cameras (ignored with --cameras)."""
     fov: float = 60.0
-    """Horizontal field of view in degrees for orbit cameras."""
+    """Horizontal field of view in degrees for orbit cameras (capture cameras keep their own)."""
     distance: float = 1.4
     """Orbit radius as a multiple of the scene's extent."""
     elevation: float = 0.3
@@ -44,6 +47,10 @@ class RenderConfig:
     """World up direction (3DGS/COLMAP scenes are y-down)."""
     cameras: Path | None = None
     """JSON file of cameras to render instead of the orbit (see README: camera files)."""
+    path: Literal["auto", "orbit", "capture"] = "auto"
+    """Views without --cameras: ``capture`` renders --frames of the scene's capture cameras (spread over the
+    capture; found as ``<scene>.cameras.json`` or a training run's ``cameras.json``), ``orbit`` circles the scene's
+    bounds, ``auto`` takes the capture cameras where the scene has them, else the orbit."""
     backend: str = "auto"
     """auto, torch, native, gsplat."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -91,6 +98,17 @@ def orbit_views(config: RenderConfig, splats: Splats) -> list[Camera | StereoRig
     for rig in orbit_path(spec, frames=config.frames, step_deg=360.0 / max(config.frames, 1)):
         rigs.append(_at_radius(rig, spec, spec_radius, config.elevation))
     return [rig if config.stereo else rig.head for rig in rigs]
+
+
+def capture_views(config: RenderConfig, splats: Splats, capture: SceneCameras) -> list[Camera | StereoRig]:
+    """``config.frames`` of the scene's capture cameras, spread over the capture, at ``config``'s image size (the
+    capture's horizontal field of view): stereo rigs or single cameras."""
+    _, extent = scene_frame(splats)
+    cams = [camera_at_size(c.camera, config.width, config.height) for c in capture.evenly(config.frames)]
+    if not config.stereo:
+        return list(cams)
+    ipd = config.ipd if config.ipd is not None else 0.064 * extent
+    return [StereoRig(cam, ipd) for cam in cams]
 
 
 def _at_radius(rig: StereoRig, spec: PathSpec, radius: float, elevation: float) -> StereoRig:
@@ -178,7 +196,7 @@ def _frame_pixels(images: Sequence[torch.Tensor]) -> np.ndarray:
 def run_render(config: RenderConfig, console: Console | None = None) -> RenderRun:
     """Render ``config.scene`` (or the bundled scene) and write one PNG per frame (and per extra output)."""
     console = console or Console(stderr=True, quiet=config.quiet)
-    scene_path = Path(config.scene) if config.scene is not None else default_scene_path()
+    scene_path = resolve_scene_file(config.scene) if config.scene is not None else default_scene_path()
     device = _pick_device(config.device)
     splats = load_scene(scene_path, nonfinite="drop" if config.drop_nonfinite else "error").to(device)
     if config.cameras is not None:
@@ -186,7 +204,11 @@ def run_render(config: RenderConfig, console: Console | None = None) -> RenderRu
         ipd = (config.ipd if config.ipd is not None else 0.064 * extent) if config.stereo else None
         views = load_camera_file(config.cameras, ipd)
     else:
-        views = orbit_views(config, splats)
+        capture = None if config.path == "orbit" else open_scene_cameras(scene_path)
+        if capture is None and config.path == "capture":
+            raise ValueError(f"--path capture: {scene_path} has no capture cameras (looked for "
+                             f"{scene_path.name.split('.')[0]}.cameras.json and cameras.json beside it)")
+        views = capture_views(config, splats, capture) if capture is not None else orbit_views(config, splats)
     config.out.mkdir(parents=True, exist_ok=True)
     run = RenderRun(backend=config.backend, device=str(device))
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -27,8 +27,9 @@ class Serve:
     """Start the headless render server (HTTP + WebSocket); loopback only unless a token is set."""
 
     scene: tyro.conf.Positional[Path | None] = None
-    """Scene loaded at start (.ply, .compressed.ply, .splat, .spz, or a .gschunks chunk file with --gpu-budget-mib);
-    none when omitted (POST /scenes/load)."""
+    """Scene loaded at start (.ply, .compressed.ply, .splat, .spz, a .gschunks chunk file with --gpu-budget-mib, or
+    a training run's folder); the bundled scene when omitted (and no --bench-scene). Clients switch scenes under
+    the served directory with POST /scenes/load."""
     bench_scene: str | None = None
     """Instead of SCENE: a BENCHMARK.md scene id (guitar, guitar-g8, guitar-g8-sh3) built at start from --data-dir;
     clients fly the same orbit/head paths around it as gscache bench."""
@@ -67,16 +68,22 @@ class Serve:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def config(self) -> ServerConfig:
+        from data import default_scene_path
+        from data.scene_cameras import resolve_scene_file
+
         token = self.token if self.token is not None else os.environ.get(TOKEN_ENV) or None
         if self.scenes_dir is not None:
             scenes_dir = self.scenes_dir
         elif self.scene is not None:
-            scenes_dir = self.scene.parent
+            scenes_dir = self.scene if self.scene.is_dir() else self.scene.parent
         else:
             scenes_dir = self.data_dir if self.bench_scene is not None and self.data_dir is not None else Path.cwd()
+        scene = resolve_scene_file(self.scene) if self.scene is not None else None
+        if scene is None and self.bench_scene is None:
+            scene = default_scene_path()
         limits = ServerLimits(max_streams=self.max_streams, max_inflight_requests=self.max_inflight_requests,
                               max_queued_renders=self.max_queued_renders)
-        return ServerConfig(scenes_dir=scenes_dir, scene=self.scene, bench_scene=self.bench_scene,
+        return ServerConfig(scenes_dir=scenes_dir, scene=scene, bench_scene=self.bench_scene,
                             data_dir=self.data_dir, host=self.host, port=self.port, token=token,
                             insecure_no_token=self.insecure_no_token, backend=self.backend, device=self.device,
                             stream_pipeline_depth=self.stream_pipeline_depth, gpu_budget_mib=self.gpu_budget_mib,

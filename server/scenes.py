@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ import torch
 
 from data import load_scene
 from data.chunk_file import is_chunk_file
+from data.scene_cameras import SceneCameras, open_scene_cameras
 from renderer import Splats, scene_frame
 from renderer.streaming import StreamedScene, StreamingRenderer
 
@@ -41,11 +44,22 @@ class LoadedScene:
     version: int
     grid: int = 1
     streaming: StreamingRenderer | None = None
+    capture: SceneCameras | None = None
 
     def describe(self) -> dict[str, object]:
-        """What ``GET /scenes`` and ``POST /scenes/load`` say about it (no absolute paths)."""
-        return {"name": self.name, "gaussians": len(self.splats), "sh_degree": self.splats.sh_degree,
-                "center": list(self.center), "extent": self.extent, "version": self.version, "grid": self.grid}
+        """What ``GET /scenes`` and ``POST /scenes/load`` say about it (no absolute paths). ``home``: where a
+        client's view starts, the first capture camera (``world_to_camera`` in OpenCV axes, ``fov_x_deg``, the
+        capture's ``up`` and the ``target`` its cameras look at) for scenes that carry their capture cameras, else
+        absent (frame ``center``/``extent``)."""
+        out: dict[str, object] = {"name": self.name, "gaussians": len(self.splats),
+                                  "sh_degree": self.splats.sh_degree, "center": list(self.center),
+                                  "extent": self.extent, "version": self.version, "grid": self.grid}
+        if self.capture is not None:
+            first = self.capture.cameras[0].camera
+            out["home"] = {"world_to_camera": first.world_to_camera.tolist(),
+                           "fov_x_deg": math.degrees(2 * math.atan(first.width / (2 * first.fx))),
+                           "up": list(self.capture.up()), "target": self.capture.target().tolist()}
+        return out
 
 
 class SceneStore:
@@ -79,8 +93,10 @@ class SceneStore:
             splats = load_scene(path, nonfinite="drop" if drop_nonfinite else "error").to(self.device)
             center, extent = scene_frame(splats)
         center = tuple(center)
+        capture = _capture_cameras(path)
         with self._lock:
-            scene = LoadedScene(name, path, splats, center, extent, next(self._versions), streaming=streaming)
+            scene = LoadedScene(name, path, splats, center, extent, next(self._versions), streaming=streaming,
+                                capture=capture)
             self.current = scene
         return scene
 
@@ -107,6 +123,15 @@ class SceneStore:
             return path.resolve().relative_to(self.directory.root).as_posix()
         except ValueError:
             return path.name
+
+
+def _capture_cameras(path: Path) -> SceneCameras | None:
+    """The scene's capture cameras; a malformed cameras file is logged and ignored (the scene still loads)."""
+    try:
+        return open_scene_cameras(path)
+    except (OSError, ValueError) as err:
+        logging.getLogger(__name__).warning("capture cameras of %s ignored: %s", path.name, err)
+        return None
 
 
 def bench_scene_file(scene_id: str, data_dir: Path | None) -> Path:

@@ -17,6 +17,7 @@ pytest.importorskip("pycolmap")
 pytest.importorskip("open3d")
 
 from data import load_dataset, load_scene  # noqa: E402
+from data.scene_cameras import open_scene_cameras  # noqa: E402
 from training.atomic import write_json_atomic  # noqa: E402
 from training.cli import Train  # noqa: E402
 from training.config import DataConfig, DefaultStrategyConfig, MCMCStrategyConfig, preset, with_overrides  # noqa: E402
@@ -211,6 +212,8 @@ def test_outputs_are_complete_and_atomic(tmp_path, dataset):
     metrics = json.loads(result.metrics_path.read_text())
     assert metrics["step"] == 4 and metrics["eval"]["psnr"] > 0 and "lpips" in metrics["eval"]
     assert metrics["config"]["strategy"]["name"] == "DefaultStrategy"
+    cameras = open_scene_cameras(result.scene_path)  # the run's cameras.json: where viewers start
+    assert cameras is not None and len(cameras) == len(dataset.train) + len(dataset.test)
     assert not [p for p in tmp_path.rglob("*.tmp")]
     before = result.metrics_path.read_text()
 

@@ -6,6 +6,7 @@ cannot take pytest down, and they exercise exactly what a user runs. They skip o
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -20,7 +21,7 @@ from PIL import Image
 pytest.importorskip("imgui_bundle", reason="viewer extra not installed (pip install -e '.[viewer]')")
 
 from gscache.cli import main  # noqa: E402
-from renderer import render  # noqa: E402
+from renderer import render, scene_frame  # noqa: E402
 from viewer.camera_path import CameraPath  # noqa: E402
 from viewer.cli import View  # noqa: E402
 from viewer.session import build_state  # noqa: E402
@@ -103,3 +104,75 @@ def test_headless_export_writes_a_playable_mp4(tmp_path, stereo, size):
     frames = iio.imread(out)
     assert frames.shape == (CameraPath.load(path_file).frame_count(), size[1], size[0], 3) == (9, size[1], size[0], 3)
     assert frames[0].mean() > 1 and np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1
+
+
+def _capture_run(tmp_path: Path) -> tuple[Path, list]:
+    """A training-run folder: the guitar fixture as scene.ply and five upright capture cameras in cameras.json."""
+    from data import load_scene
+    from data.scene_cameras import SceneCamera, cameras_document
+    from renderer import Camera, intrinsics_from_fov, look_at, scene_frame
+
+    center, extent = scene_frame(load_scene(GUITAR))
+    c = torch.tensor(center, dtype=torch.float64)
+    cams = []
+    for i in range(5):
+        a = math.radians(-60 + 30 * i)
+        eye = c + 2.0 * extent * torch.tensor([math.sin(a), -0.4, -math.cos(a)], dtype=torch.float64)
+        cams.append(SceneCamera(f"img_{i}.png", Camera(look_at(eye, c, (0.0, -1.0, 0.0)),
+                                                       intrinsics_from_fov(160, 120, 50.0), 160, 120)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "scene.ply").write_bytes(GUITAR.read_bytes())
+    (run / "cameras.json").write_text(json.dumps(cameras_document(cams)))
+    return run, cams
+
+
+def test_a_training_run_opens_at_its_capture_cameras_and_snaps_between_them(tmp_path):
+    run, cams = _capture_run(tmp_path)
+    state = build_state(View(scene=run))
+    assert state.scene.path == run / "scene.ply" and len(state.scene.capture) == 5
+    assert torch.allclose(state.view().world_to_camera, cams[0].camera.world_to_camera, atol=1e-6)
+    assert math.isclose(state.camera.fov_x_deg, 50.0, rel_tol=1e-9)
+    state.snap_to_capture(3)
+    assert torch.allclose(state.view().world_to_camera, cams[3].camera.world_to_camera, atol=1e-6)
+    state.snap_to_capture(-1)  # wraps around
+    assert state.capture_index == 4
+    state.orbit(0.5, 0.2)
+    assert not torch.allclose(state.view().world_to_camera, cams[4].camera.world_to_camera, atol=1e-3)
+    state.reset_view()
+    assert torch.allclose(state.view().world_to_camera, cams[4].camera.world_to_camera, atol=1e-6)
+    # orbiting turns around where the capture cameras look (the scene's centre here)
+    assert np.allclose(state.camera.target, scene_frame(state.scene.splats)[0], atol=1e-6)
+    plain = build_state(View(scene=GUITAR))  # no cameras file: framed from the bounds, as before
+    assert plain.scene.capture is None and plain.camera.up == (0.0, -1.0, 0.0)
+
+
+def test_the_server_sends_the_first_capture_camera_as_home_and_the_remote_viewer_starts_there(tmp_path):
+    from server.scenes import SceneStore
+    from server.security import SceneDirectory
+    from viewer.state import _home_view
+
+    run, cams = _capture_run(tmp_path)
+    store = SceneStore(SceneDirectory(run), torch.device("cpu"), "torch")
+    info = json.loads(json.dumps(store.load(run / "scene.ply", "scene.ply").describe()))  # as the client gets it
+    assert math.isclose(info["home"]["fov_x_deg"], 50.0)
+    controller = _home_view(info["home"], info["extent"])
+    assert torch.allclose(controller.world_to_camera(), cams[0].camera.world_to_camera, atol=1e-6)
+    assert _home_view({"up": [0, 1]}, 1.0) is None and _home_view(None, 1.0) is None
+    (run / "cameras.json").write_text("{broken")  # a broken cameras file: the scene still loads, without home
+    assert "home" not in store.load(run / "scene.ply", "scene.ply").describe()
+
+
+def test_window_opened_on_a_training_run_shows_its_first_capture_camera(xvfb_display, tmp_path):
+    from data.scene_cameras import camera_at_size
+
+    run, cams = _capture_run(tmp_path)
+    shot = tmp_path / "run.png"
+    proc = _run_view(xvfb_display, str(run), "--backend", "gl", "--width", "200", "--height", "150",
+                     "--frames", "4", "--screenshot", str(shot))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    state = build_state(View(scene=GUITAR))
+    ref = render(state.scene.splats, camera_at_size(cams[0].camera, 200, 150), backend="torch").image[0]
+    ref_u8 = (ref.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    assert ref_u8.mean() > 2 and _psnr(pixels, ref_u8) >= SCREENSHOT_PSNR

@@ -2,7 +2,7 @@
 atomic checkpoints and an exactly resumable state, and the final INRIA ``.ply`` plus ``metrics.json``.
 
 Run directory layout: ``config.json``, ``checkpoint.pt`` (latest), ``tb/`` (TensorBoard), ``renders/step_N/*.png``
-(ground truth | render), ``scene.ply`` and ``metrics.json`` at the end.
+(ground truth | render), ``scene.ply``, ``metrics.json`` and ``cameras.json`` (the dataset's cameras) at the end.
 
 On a GPU a step reads nothing back from the device except where it must (the sort's pair count, the strategy's
 visible set): the loss and PSNR are read every ``log_every`` steps, the images are on the device from the start
@@ -25,6 +25,7 @@ from rich.console import Console
 
 from data import save_scene
 from data.dataset import DatasetOptions, SceneDataset, load_dataset
+from data.scene_cameras import RUN_CAMERAS, SceneCamera, cameras_document
 from data.transforms_json import find_transforms
 from renderer import Splats
 
@@ -318,7 +319,8 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt.cuda_rng.cpu(), self.device)
 
     def export(self, it_per_s: float) -> tuple[Path, Path]:
-        """Write ``scene.ply`` (INRIA layout) and ``metrics.json``, both atomically."""
+        """Write ``scene.ply`` (INRIA layout), ``metrics.json`` and ``cameras.json`` (the dataset's cameras, where
+        viewers start: :mod:`data.scene_cameras`), each atomically."""
         scene_path = self.run_dir / "scene.ply"
         save_scene(scene_path, splats_from_params(self.params).detach().to("cpu"))
         metrics = {"step": self.step, "num_gaussians": self.num_gaussians, "train_seconds": self.elapsed_s,
@@ -334,7 +336,14 @@ class Trainer:
                    "config": config_dict(self.config)}
         metrics_path = self.run_dir / "metrics.json"
         write_json_atomic(metrics_path, metrics)
+        write_json_atomic(self.run_dir / RUN_CAMERAS, dataset_cameras_document(self.dataset))
         return scene_path, metrics_path
+
+
+def dataset_cameras_document(dataset: SceneDataset) -> dict[str, Any]:
+    """The dataset's cameras (training and held-out) in :mod:`data.scene_cameras`' layout."""
+    frames = [(f, "train") for f in dataset.train] + [(f, "test") for f in dataset.test]
+    return cameras_document([SceneCamera(f.name, f.camera, split) for f, split in frames])
 
 
 def _eval_dict(result: EvalResult) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from renderer import look_at
+from renderer import Camera, look_at
 
 _MAX_PITCH = math.radians(89.0)
 
@@ -62,6 +62,22 @@ class CameraController:
         distance = 1.4 * extent * math.sqrt(1 + 0.3**2)
         return CameraController(list(map(float, center)), distance, math.pi, pitch, fov_x_deg, up, "orbit",
                                 speed=max(extent, 1e-6) * 0.5)
+
+    @staticmethod
+    def through(camera: Camera, up: Sequence[float], target: torch.Tensor, extent: float,
+                mode: str = "orbit") -> CameraController:
+        """The view of ``camera`` (e.g. a capture camera): its pose (roll about the view axis aside, which yaw and
+        pitch about ``up`` cannot hold) and horizontal field of view, orbiting around the point of its view axis
+        nearest to ``target``."""
+        w2c = camera.world_to_camera.to(torch.float64)
+        eye = -(w2c[:3, :3].T @ w2c[:3, 3])
+        forward = w2c[2, :3] / w2c[2, :3].norm()
+        distance = max(float((target.to(torch.float64) - eye) @ forward), 0.05 * extent, 1e-4)
+        fov = math.degrees(2 * math.atan(camera.width / (2 * camera.fx)))
+        ctl = CameraController(fov_x_deg=min(max(fov, 20.0), 120.0), up=tuple(float(v) for v in up), mode=mode,
+                               speed=max(extent, 1e-6) * 0.5, distance=distance)
+        ctl.set_pose(w2c)
+        return ctl
 
     # ----- geometry ---------------------------------------------------------------------------
     def forward(self) -> torch.Tensor:

@@ -19,8 +19,8 @@ class View:
     export a camera path to video headlessly."""
 
     scene: tyro.conf.Positional[Path | None] = None
-    """Scene file (.ply, .compressed.ply, .splat, .spz, or a .gschunks chunk file with --gpu-budget-mib); the
-    bundled scene when omitted."""
+    """Scene file (.ply, .compressed.ply, .splat, .spz, or a .gschunks chunk file with --gpu-budget-mib) or a
+    training run's folder (its scene, starting from its capture cameras); the bundled scene when omitted."""
     backend: Literal["auto", "gl", "torch", "native"] = "auto"
     """Frame source: gl (OpenGL shaders), torch (CPU/CUDA reference), native (CUDA); auto: native on CUDA, else gl."""
     width: int = 1280

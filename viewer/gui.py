@@ -62,6 +62,10 @@ def handle_camera_input(state: AppState) -> None:
             state.move(forward, right, up, io.delta_time)
         if imgui.is_key_pressed(imgui.Key.r):
             state.reset_view()
+        if imgui.is_key_pressed(imgui.Key.left_bracket):
+            state.snap_to_capture(state.capture_index - 1)
+        if imgui.is_key_pressed(imgui.Key.right_bracket):
+            state.snap_to_capture(state.capture_index + 1)
 
 
 def _error_line(state: AppState) -> None:
@@ -115,6 +119,20 @@ def view_panel(state: AppState) -> None:
                                       "%.3f", imgui.SliderFlags_.logarithmic)
     if imgui.button("Reset view (R)"):
         state.reset_view()
+    capture = state.scene.capture
+    if capture is not None:
+        imgui.text(f"capture cameras: {len(capture)}")
+        if imgui.arrow_button("##prev_capture", imgui.Dir.left):
+            state.snap_to_capture(state.capture_index - 1)
+        imgui.same_line()
+        if imgui.arrow_button("##next_capture", imgui.Dir.right):
+            state.snap_to_capture(state.capture_index + 1)
+        imgui.same_line()
+        changed, index = imgui.slider_int("##capture", state.capture_index, 0, len(capture) - 1)
+        if changed:
+            state.snap_to_capture(index)
+        shown = capture.cameras[state.capture_index]
+        imgui.text_disabled(f"{shown.name}{f' ({shown.split})' if shown.split else ''}  [ and ] step")
 
 
 def render_panel(state: AppState) -> None:

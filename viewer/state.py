@@ -14,7 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from renderer import Splats
+import torch
+
+from data.scene_cameras import SceneCameras, open_scene_cameras, resolve_scene_file
+from renderer import Camera, Splats, intrinsics_from_fov
 from renderer.streaming import StreamedScene
 
 from .camera_control import CameraController
@@ -44,20 +47,43 @@ def load_view_scene(path: str | os.PathLike[str], gpu_budget_mib: float | None =
     from data import load_scene_report
     from data.chunk_file import is_chunk_file
 
+    path = resolve_scene_file(path)
     if is_chunk_file(path):
         return StreamedScene.open(path, gpu_budget_mib), "gschunks"
     loaded = load_scene_report(path, nonfinite=nonfinite)
     return loaded.splats, loaded.format
 
 
+def _home_view(home: object, extent: float) -> CameraController | None:
+    """The server's starting view of its scene (``home`` of ``GET /scenes``: a capture camera's pose, field of
+    view, up and target); None when the scene has none or it is malformed."""
+    if not isinstance(home, dict):
+        return None
+    try:
+        up = [float(v) for v in home["up"]]
+        target = torch.tensor([float(v) for v in home["target"]], dtype=torch.float64)
+        w2c = torch.tensor(home["world_to_camera"], dtype=torch.float64)
+        camera = Camera(w2c, intrinsics_from_fov(1000, 1000, float(home["fov_x_deg"])), 1000, 1000)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return None
+    if len(up) != 3 or target.shape != (3,) or not all(map(math.isfinite, up)):
+        return None
+    return CameraController.through(camera, up, target, extent)
+
+
 @dataclass
 class SceneSlot:
-    """The scene on show and where it came from."""
+    """The scene on show and where it came from.
+
+    Attributes:
+        capture: the scene's capture cameras (a training run's or ``<scene>.cameras.json``), None without.
+    """
 
     path: Path | None = None
     splats: Splats | StreamedScene | None = None
     fmt: str = ""
     extent: float = 1.0
+    capture: SceneCameras | None = None
 
 
 @dataclass
@@ -103,6 +129,7 @@ class AppState:
     remote_url: str = "ws://127.0.0.1:8765"
     remote_token: str = ""
     gpu_budget_mib: float | None = None
+    capture_index: int = 0
     _remote_scene_key: tuple | None = None
     _loader: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "scene-loader"))
     _pending_load: tuple[Path, Future] | None = None
@@ -126,8 +153,16 @@ class AppState:
         if isinstance(splats, StreamedScene) and self.backend not in ("torch", "native"):
             self.set_backend(streaming_backend())
         center, extent = scene_center_extent(splats)
-        self.scene = SceneSlot(path, splats, fmt, extent)
-        self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg, self.camera.up)
+        capture = None
+        if path is not None:
+            try:
+                path = resolve_scene_file(path)  # a training run's folder: its scene.ply
+                capture = open_scene_cameras(path)
+            except (OSError, ValueError) as err:  # the scene still opens, framed from its bounds
+                self.error = f"capture cameras ignored: {err}"
+        self.scene = SceneSlot(path, splats, fmt, extent, capture)
+        self.capture_index = 0
+        self.reset_view()
         self.ipd = 0.064 * extent
         self.sh_degree = splats.sh_degree
         self.error = None
@@ -226,7 +261,8 @@ class AppState:
             return
         if self.scene.splats is None:
             self.scene = SceneSlot(None, None, "remote", extent)
-        self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg, self.camera.up)
+        home = _home_view(info.get("home"), extent)
+        self.camera = home or CameraController.framing(center, extent, self.camera.fov_x_deg)
         self.ipd = 0.064 * extent
         self.mark_dirty()
 
@@ -235,11 +271,27 @@ class AppState:
         self.dirty = True
 
     def reset_view(self) -> None:
+        """The scene's default view: its current capture camera where it has capture cameras, else the framing
+        of its bounds."""
+        if self.scene.capture is not None:
+            self.snap_to_capture(self.capture_index)
+            return
         if self.scene.splats is not None:
             center, extent = scene_center_extent(self.scene.splats)
             mode = self.camera.mode
-            self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg, self.camera.up)
+            self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg)
             self.camera.mode = mode
+        self.mark_dirty()
+
+    def snap_to_capture(self, index: int) -> None:
+        """Look through capture camera ``index`` (wrapped around): its pose and horizontal field of view, the
+        capture's up, and an orbit centre where the capture cameras look."""
+        capture = self.scene.capture
+        if capture is None:
+            return
+        self.capture_index = index % len(capture)
+        self.camera = CameraController.through(capture.cameras[self.capture_index].camera, capture.up(),
+                                               capture.target(), self.scene.extent, self.camera.mode)
         self.mark_dirty()
 
     def orbit(self, dx: float, dy: float) -> None:
