@@ -1,0 +1,216 @@
+"""What showing a CUDA frame in GL costs per frame: the viewer's display overhead split into its parts.
+
+Companion of ``viewer_gl_fps.py --vs-bench`` (issue 6: the viewer's CUDA path within 10% of the renderer's FPS).
+On the ``orbit`` poses of BENCHMARK.md (stereo, ``--width`` x ``--height`` per eye), each variant is issued back to
+back for ``--frames`` frames with one synchronisation at the end (the sustained frame period, as the viewer's loop
+runs), in an EGL context on the CUDA GPU:
+
+- ``renderer``: the bench's stereo render call alone (cameras stacked once);
+- ``viewer_render``: the viewer's native frame source (eye geometry uploaded per frame), no display;
+- ``interop_write``: + the display kernel into the registered RGBA8 output texture (CUDA-GL map/unmap), no GL draw;
+- ``interop_write_window_size``: + the same into a window-sized texture from window-sized eyes instead (what a
+  window-sized present would pay for the exchange);
+- ``gl_draw_only``: + a window-sized GL draw per frame that reads no CUDA output (GL's share alone);
+- ``viewer_frame``: the viewer's whole frame, ``FramePipeline.render`` + ``draw_to`` the window (what
+  ``--vs-bench`` times);
+- ``viewer_frame_present_every_4th``: rendering every frame, displaying every 4th (how the exchange amortises).
+
+Rows carry ``delta_ms`` against ``renderer``. JSON and plot in ``--out-dir``.
+
+    python benchmarks/viewer_overhead.py --scenes guitar guitar-g4 guitar-g8 --data-dir DATA   # GPU machine, EGL
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def sustained_ms(fn, frames: int, finish) -> float:
+    """Mean period of ``fn(i)`` issued back to back (8 warm-up calls, one ``finish`` before and after)."""
+    for i in range(8):
+        fn(i)
+    finish()
+    start = time.perf_counter()
+    for i in range(frames):
+        fn(i)
+    finish()
+    return (time.perf_counter() - start) * 1e3 / frames
+
+
+def measure_scene(ctx, scene, args) -> dict[str, float]:
+    """Sustained ms per frame of every variant (see the module doc) for one scene."""
+    from renderer import orbit_path
+    from renderer.backends import default_registry
+    from renderer.cameras import stack_cameras
+    from renderer.native import load_native
+    from renderer.types import RenderOptions
+    from server.bench import PATH_FRAMES
+    from viewer.interop import GLImage
+    from viewer.pipeline import FramePipeline, FrameRequest, ViewSpec
+
+    device = scene.splats.device
+    spec = scene.path_spec(args.width, args.height, 90.0)
+    rigs = list(orbit_path(spec, frames=PATH_FRAMES["orbit"]))
+    backend = default_registry().resolve("native", device)
+    batches = [stack_cameras(r, device, torch.float32) for r in rigs]
+    background = torch.zeros(2, 3, device=device)
+    options = RenderOptions(background=background)
+
+    def request(i: int) -> FrameRequest:
+        head = rigs[i % len(rigs)].head
+        return FrameRequest(ViewSpec(head.world_to_camera, 90.0, head.near, head.far), 2 * args.width, args.height,
+                            stereo="side-by-side", ipd=rigs[i % len(rigs)].ipd)
+
+    def finish() -> None:
+        ctx.finish()
+        torch.cuda.synchronize(device)
+
+    pipeline = FramePipeline(ctx, "native", upload="auto")
+    pipeline.set_scene(scene.splats)
+    source = pipeline.source
+    settings = request(0).settings
+    geometry = [request(i).eye_geometry() for i in range(len(rigs))]
+    win_w, win_h = args.window
+    window = ctx.framebuffer(color_attachments=[ctx.texture((win_w, win_h), 4)])
+    full = ctx.texture((2 * args.width, args.height), 4)
+    small = ctx.texture((win_w, win_h), 4)
+    full_image, small_image = GLImage(full, device), GLImage(small, device)
+    small_eyes = torch.rand(2, win_h, win_w // 2, 3, device=device)
+    ops = load_native(device)
+
+    def draw(texture) -> None:
+        window.use()
+        window.viewport = (0, 0, win_w, win_h)
+        pipeline._draw_texture(texture, flip=True)
+
+    def render(i: int):
+        return source._render(geometry[i % len(geometry)], settings)
+
+    def bench_render(i: int) -> None:
+        with torch.inference_mode():
+            backend.render(scene.splats, batches[i % len(batches)], options, background)
+
+    def write(i: int) -> None:
+        full_image.write(render(i).image, None, None, "rgb", "side-by-side")
+
+    def write_small(i: int) -> None:
+        render(i)
+        small_image.write(small_eyes, None, None, "rgb", "side-by-side")
+
+    def draw_only(i: int) -> None:
+        ops.display_pack(render(i).image, None, None, 0, 1, [0.0, 0.0], [1.0, 1.0])
+        draw(small)
+
+    def viewer_frame(i: int) -> None:
+        pipeline.render(request(i), finish=False)
+        pipeline.draw_to(window, (0, 0, win_w, win_h))
+
+    def every_4th(i: int) -> None:
+        if i % 4:
+            render(i)
+        else:
+            viewer_frame(i)
+
+    variants = {"renderer": bench_render, "viewer_render": render, "interop_write": write,
+                "interop_write_window_size": write_small, "gl_draw_only": draw_only, "viewer_frame": viewer_frame,
+                "viewer_frame_present_every_4th": every_4th}
+    try:
+        out = {name: sustained_ms(fn, args.frames, finish) for name, fn in variants.items()}
+    finally:
+        full_image.release()
+        small_image.release()
+        pipeline.release()
+        for res in (window, full, small):
+            res.release()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", nargs="+", default=["guitar", "guitar-g4", "guitar-g8"])
+    parser.add_argument("--width", type=int, default=2064)
+    parser.add_argument("--height", type=int, default=2208)
+    parser.add_argument("--window", type=int, nargs=2, default=(1280, 800))
+    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--revision", default=None)
+    args = parser.parse_args(argv)
+
+    from server.bench_results import device_name
+    from server.bench_scenes import resolve_scene
+    from viewer.gl_context import standalone_context
+
+    if not torch.cuda.is_available():
+        raise SystemExit("viewer_overhead.py needs a CUDA GPU (and EGL on it)")
+    device = torch.device("cuda", torch.cuda.current_device())
+    ctx = standalone_context("egl")
+    rows = []
+    try:
+        for scene_id in args.scenes:
+            scene = resolve_scene(scene_id, args.data_dir, device)
+            times = measure_scene(ctx, scene, args)
+            for variant, ms in times.items():
+                rows.append({"scene": scene.id, "gaussians": len(scene.splats), "path": "orbit", "eyes": 2,
+                             "width": args.width, "height": args.height, "variant": variant,
+                             "sustained_ms": round(ms, 4), "delta_ms": round(ms - times["renderer"], 4),
+                             "window": list(args.window), "frames": args.frames})
+                print(f"{scene.id:10s} {variant:32s} {ms:7.3f} ms  ({ms - times['renderer']:+.3f})", flush=True)
+            del scene
+            torch.cuda.empty_cache()
+        renderer_name = ctx.info.get("GL_RENDERER", "unknown")
+    finally:
+        ctx.release()
+    gpu = device_name(device)
+    date = dt.date.today().isoformat()
+    result = {"command": "python benchmarks/viewer_overhead.py " + " ".join(argv or sys.argv[1:]),
+              "revision": args.revision or "unknown", "gpu": gpu, "gl_renderer": renderer_name, "date": date,
+              "rows": rows}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{date}-{gpu.lower().replace(' ', '-')}-viewer-overhead"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        plot(args.out_dir / f"{stem}.png", rows, gpu)
+    except ImportError as err:
+        print(f"plot skipped: {err}")
+    print(f"wrote {args.out_dir / stem}.json")
+    return 0
+
+
+def plot(path: Path, rows: list[dict], gpu: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenes = list(dict.fromkeys(r["scene"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "renderer"))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(variants)
+    for k, variant in enumerate(variants):
+        values = [next(r["delta_ms"] for r in rows if r["scene"] == s and r["variant"] == variant) for s in scenes]
+        bars = ax.bar([i + k * width for i in range(len(scenes))], values, width, label=variant)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(scenes))], scenes)
+    ax.set_ylabel("ms per frame over the renderer alone")
+    ax.legend(fontsize=7)
+    ax.set_title(f"viewer display overhead, stereo {rows[0]['width']}x{rows[0]['height']} per eye ({gpu})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
