@@ -196,7 +196,7 @@ def plot(path: Path, rows: list[dict], gpu: str) -> None:
 
     scenes = list(dict.fromkeys(r["scene"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "renderer"))
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig, ax = plt.subplots(figsize=(11, 3.8))
     width = 0.8 / len(variants)
     for k, variant in enumerate(variants):
         values = [next(r["delta_ms"] for r in rows if r["scene"] == s and r["variant"] == variant) for s in scenes]
@@ -204,7 +204,7 @@ def plot(path: Path, rows: list[dict], gpu: str) -> None:
         ax.bar_label(bars, fmt="%.2f", fontsize=6)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(scenes))], scenes)
     ax.set_ylabel("ms per frame over the renderer alone")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"viewer display overhead, stereo {rows[0]['width']}x{rows[0]['height']} per eye ({gpu})",
                  fontsize=9)
     fig.tight_layout()
