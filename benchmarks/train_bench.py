@@ -260,6 +260,9 @@ def _clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(path: Path, what: str, gpu: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    if what == "seeds":
+        plot_seeds(path, gpu, rows)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,6 +290,47 @@ def plot(path: Path, what: str, gpu: str, rows: list[dict[str, Any]], extra: dic
 
 
 # ----- modes -----------------------------------------------------------------------------------------------------
+def plot_seeds(path: Path, gpu: str, rows: list[dict[str, Any]]) -> None:
+    """Lego test PSNR per seed and backend, and the per-seed native-minus-gsplat difference against the 0.2 dB
+    band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lego = [r for r in rows if r.get("dataset") == LEGO and r.get("status") == "ok"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    by: dict[str, dict[int, float]] = {}
+    for r in lego:
+        by.setdefault(r["backend"], {})[int(r["seed"])] = r["psnr"]
+    for backend, color in (("native", "tab:blue"), ("gsplat", "tab:orange")):
+        seeds = sorted(by.get(backend, {}))
+        values = [by[backend][s] for s in seeds]
+        if values:
+            left.plot(seeds, values, "o-", color=color, label=f"{backend} (mean {sum(values) / len(values):.2f})")
+            left.axhline(sum(values) / len(values), color=color, ls="--", lw=0.8)
+    left.set_xticks(sorted({int(r["seed"]) for r in lego}))
+    left.set_xlabel("seed")
+    left.set_ylabel("lego test PSNR (dB), 30k steps")
+    left.legend(fontsize=8)
+    paired = sorted(set(by.get("native", {})) & set(by.get("gsplat", {})))
+    diffs = [by["native"][s] - by["gsplat"][s] for s in paired]
+    bars = right.bar(paired, diffs, color=["tab:blue" if d >= 0 else "tab:orange" for d in diffs])
+    right.bar_label(bars, fmt="%+.2f", fontsize=8)
+    right.axhspan(-0.2, 0.2, color="0.9", zorder=0, label="within 0.2 dB")
+    if diffs:
+        right.axhline(sum(diffs) / len(diffs), color="k", ls="--", lw=0.8, label=f"mean {sum(diffs) / len(diffs):+.2f}")
+    right.set_xlabel("seed")
+    right.set_ylabel("native - gsplat backend (dB)")
+    right.legend(fontsize=8)
+    snow = [r for r in rows if r.get("dataset") == SNOWMIKU and r.get("status") == "ok"]
+    extra = "; ".join(f"snowmiku {r['backend']} {r['psnr']:.2f} dB" for r in snow)
+    fig.suptitle(f"gscache train, lego over seeds, both backends ({gpu})" + (f"\n{extra}" if extra else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def dataset_path(args, name: str) -> Path:
     for base in (Path(args.data_dir), ROOT / ".traindata", ROOT.parent / "shared" / "data"):
         if (base / name).is_dir():
