@@ -191,8 +191,11 @@ def _bin_tiles(proj: Projected, width: int, height: int, tile_size: int) -> Tile
     hit = q_min <= q_cut
     pair_src, tx, ty = pair_src[hit], tx[hit], ty[hit]
     tile_key = cam_idx[pair_src] * num_tiles + ty * tiles_x + tx
-    keys = proj.depths if proj.order_keys is None else proj.order_keys
-    depth_bits = keys[cam_idx, g_idx].detach().float().view(torch.int32).long()[pair_src]
+    if proj.presorted:  # index order is depth order: the index is the key
+        depth_bits = g_idx[pair_src].long()
+    else:
+        keys = proj.depths if proj.order_keys is None else proj.order_keys
+        depth_bits = keys[cam_idx, g_idx].detach().float().view(torch.int32).long()[pair_src]
     order = torch.sort((tile_key << 32) | depth_bits, stable=True).indices  # stable: equal depths keep index order
     gaussian_ids = g_idx[pair_src][order]
     counts_per_tile = torch.bincount(tile_key, minlength=c * num_tiles)

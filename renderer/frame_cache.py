@@ -5,7 +5,9 @@ What is done once and reused:
 - per stereo pair: one visible set for a guard frustum around the head that contains both eyes, one colour
   evaluation from the centre eye, one depth order from the centre eye (parallel-axis eyes share camera-space z, so
   that order is exactly each eye's own at a refresh); each eye keeps its own 2D footprint, tiles and blending
-  (sharing the 2D covariance between eyes causes visible artifacts);
+  (sharing the 2D covariance between eyes causes visible artifacts). The visible set is kept front to back, so
+  the sort stage only groups it by tile (no depth sort per frame), and its colours are kept as a DC term (no SH
+  per eye);
 - across frames: the visible set is reused while the head stays inside the guard frustum (exact: chunks outside
   it cannot reach any pixel of a view inside it); colours and order are reused while the estimated error of reuse
   stays under a budget and the cache is younger than its depth D, which adapts to the measured motion
@@ -25,11 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._torch_impl import _eval_sh
 from .backends import StagedBackend, default_registry
 from .cameras import Camera, CameraBatch, StereoRig, stack_cameras
 from .chunks import ChunkIndex, GuardFrustum, build_chunk_index
 from .render import _background
-from .splats import Splats
+from .splats import SH_C0, Splats
 from .types import RENDER_MODES, RenderMode, RenderOptions, RenderOutput, RenderStats
 
 
@@ -110,10 +113,19 @@ class _VisibleSet:
 
 @dataclass(frozen=True)
 class _Shading:
+    """The visible set front to back from the centre eye, ready for the per-eye stages.
+
+    ``ordered`` holds the V Gaussians in that order, so the sort stage only groups them by tile
+    (``Projected.presorted``): no depth sort per frame. With colours of SH degree > 0, their SH is replaced by the
+    colour evaluated from the centre eye (a DC term: degree 0), so per-eye preprocessing reads 3 coefficients
+    instead of up to 48 and evaluates no SH.
+    """
+
     head_position: Tensor  # [3]
     head_rotation: Tensor  # [3, 3]
-    colors: Tensor | None  # [V, 3]
-    order_keys: Tensor  # [V] depth rank from the centre eye
+    ordered: Splats  # the V visible Gaussians, front to back
+    covariances: Tensor | None  # [V, 3, 3] in that order (None when the backend does not use them)
+    with_colors: bool
     near_distance: float  # distance of the nearest visible Gaussians (5th percentile)
     sh_degree: int
 
@@ -220,26 +232,40 @@ class FrameCache:
         self._track_motion(pos, rot)
         cached = self._shading
         estimate = 0.0
-        if cached is not None and visible_hit and cached.sh_degree == degree and (cached.colors is not None
-                                                                                  or not with_colors):
+        if (cached is not None and visible_hit and cached.sh_degree == degree
+                and (cached.with_colors or not with_colors)):
             estimate = self._reuse_error(cached, pos, rot, degree)
             if self._age < self._depth() and estimate <= self.config.error_budget:
                 self._age += 1
                 return True, estimate
-        visible = self._visible
-        head_batch = stack_cameras(head, self.splats.device, self.splats.dtype)
-        proj = self.backend.preprocess(visible.splats, head_batch, degree, with_colors, visible.covariances)
-        depths = proj.depths[0]
-        order = torch.argsort(depths)
-        rank = torch.empty_like(depths)
-        rank[order] = torch.arange(depths.numel(), device=depths.device, dtype=depths.dtype)
-        in_front = depths[depths > head.near]
-        near = float(torch.quantile(in_front.float(), 0.05)) if in_front.numel() else self.extent
-        colors = proj.colors[0] if with_colors else None
-        self._shading = _Shading(pos, rot, colors, rank, max(near, 1e-6), degree)
+        self._shading = self._shade(head, pos, rot, degree, with_colors)
         self._age = 1
         self._totals["shading"] += 1
         return False, 0.0
+
+    def _shade(self, head: Camera, pos: Tensor, rot: Tensor, degree: int, with_colors: bool) -> _Shading:
+        """Order the visible set front to back from ``head`` (the camera-space z the eyes share) and, for SH
+        degree > 0, bake the colours seen from the head into a DC term."""
+        visible = self._visible
+        head_batch = stack_cameras(head, self.splats.device, self.splats.dtype)
+        # The backend's own projection gives exactly the z each eye computes (parallel axes share the z row).
+        depths = self.backend.preprocess(visible.splats, head_batch, 0, False, visible.covariances).depths[0]
+        order = torch.sort(depths, stable=True).indices  # stable: equal depths keep the index order, as uncached
+        ordered = visible.splats.subset(order)
+        if with_colors and degree > 0:
+            # Colours from the centre eye for every visible Gaussian (also those outside the centre view that an
+            # eye sees), stored as the DC term that gives them back: 0.5 + C0 dc = colour (>= 0).
+            dirs = torch.nn.functional.normalize(ordered.means - pos.to(ordered.means), dim=-1)
+            colors = _eval_sh(degree, dirs, ordered.sh)
+            dc = ((colors - 0.5) / SH_C0)[:, None, :]
+            ordered = Splats(ordered.means, ordered.quats, ordered.log_scales, ordered.opacity_logits, dc)
+        else:
+            ordered = ordered.with_sh_degree(0) if ordered.sh_degree > 0 and degree == 0 else ordered
+        covariances = None if visible.covariances is None else visible.covariances[order]
+        in_front = depths[depths > head.near]
+        step = max(1, in_front.numel() // 65536)  # the 5th percentile of a subsample: quantile sorts its input
+        near = float(torch.quantile(in_front[::step].float(), 0.05)) if in_front.numel() else self.extent
+        return _Shading(pos, rot, ordered, covariances, with_colors, max(near, 1e-6), degree)
 
     def _reuse_error(self, cached: _Shading, pos: Tensor, rot: Tensor, degree: int) -> float:
         """Estimated error of reusing ``cached`` at this pose (radians of view-direction change)."""
@@ -267,11 +293,10 @@ class FrameCache:
 
     # ----- per eye --------------------------------------------------------------------------------------------------
     def _render_eyes(self, cams: CameraBatch, options: RenderOptions, bg: Tensor) -> RenderOutput:
-        visible, shading = self._visible, self._shading
-        c = len(cams)
-        proj = self.backend.preprocess(visible.splats, cams, options.sh_degree, False, visible.covariances)
-        colors = None if shading.colors is None else shading.colors[None].expand(c, -1, -1)
-        proj = dataclasses.replace(proj, colors=colors, order_keys=shading.order_keys[None].expand(c, -1))
+        """Per eye: footprints of the ordered visible set (colours from its DC term), tiles in that order, blend."""
+        shading = self._shading  # its colours are in the DC term: SH degree 0 gives them back
+        proj = self.backend.preprocess(shading.ordered, cams, 0, options.wants_color, shading.covariances)
+        proj = dataclasses.replace(proj, presorted=True)
         bins = self.backend.sort(proj, cams)
         image, alpha, depth = self.backend.blend(proj, bins, cams, options, bg)
         stats = RenderStats(visible=proj.visible.sum(dim=1).tolist(), tile_keys=bins.num_pairs)
@@ -313,7 +338,7 @@ def rotation_angle(a: Tensor, b: Tensor) -> float:
 def view_tangents(cams: CameraBatch) -> dict[str, float]:
     """The union of the cameras' half-extents as tangents (left, right, up, down), plus two pixels of margin for
     the 2D low-pass, whose footprint can reach slightly beyond the projected 3D ellipsoid."""
-    ks = cams.Ks.detach().to(torch.float64)
+    ks = cams.Ks.detach().to("cpu", torch.float64)  # one copy, then host arithmetic
     fx, fy, cx, cy = ks[:, 0, 0], ks[:, 1, 1], ks[:, 0, 2], ks[:, 1, 2]
     pad = 2.0
     return {

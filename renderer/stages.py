@@ -22,8 +22,10 @@ class Projected:
         opacities: activated opacities ``[C, N]``.
         colors: RGB from SH, view-dependent ``[C, N, 3]`` (None when colour was not asked for).
         radii: opacity-aware half extent in pixels along x and y ``[C, N, 2]`` (int32; 0 = culled).
-        order_keys: what the sort stage orders each tile by, when not the depths ``[C, N]`` (float, >= 0). The
-            frame cache puts a depth rank from the centre eye here to reuse one order for both eyes and frames.
+        order_keys: what the sort stage orders each tile by, when not the depths ``[C, N]`` (float, >= 0).
+        presorted: the Gaussians are already in front-to-back order (index order): the sort stage only groups them
+            by tile, keeping that order, and does no depth sort. The frame cache keeps its visible set in the
+            centre eye's depth order and reuses it for both eyes and across frames.
     """
 
     means2d: Tensor  # [C, N, 2]
@@ -33,6 +35,7 @@ class Projected:
     colors: Tensor | None  # [C, N, 3]
     radii: Tensor  # [C, N, 2]
     order_keys: Tensor | None = None  # [C, N]
+    presorted: bool = False
 
     @property
     def visible(self) -> Tensor:

@@ -398,6 +398,37 @@ def test_native_sort_follows_order_keys():
 
 
 @pytest.mark.gpu
+def test_native_presorted_sort_groups_by_tile_in_index_order():
+    """``Projected.presorted`` (the frame cache's front-to-back visible set): no depth sort, tiles keep the index
+    order; on Gaussians ordered by depth that is the ordinary sort's result, and the torch reference's."""
+    import dataclasses
+
+    from renderer.native.functional import sort_with_counts
+
+    native = _native()
+    splats, cam_list, _ = _scene("stereo")
+    cams = stack_cameras(cam_list, "cuda", torch.float32)
+    scene = splats.to("cuda")
+    depths = native.preprocess(scene, stack_cameras(cam_list[:1], "cuda", torch.float32), 0, False).depths[0]
+    ordered = scene.subset(torch.sort(depths, stable=True).indices)
+    proj = native.preprocess(ordered, cams, ordered.sh_degree, True)
+    presorted = dataclasses.replace(proj, presorted=True)
+    bins, ref_bins = native.sort(presorted, cams), TorchBackend().sort(presorted, cams)
+    assert torch.equal(bins.tile_offsets.long(), ref_bins.tile_offsets)
+    assert torch.equal(bins.gaussian_ids.long(), ref_bins.gaussian_ids)
+    for r in range(bins.tile_offsets.numel() - 1):  # index order within every tile
+        ids = bins.gaussian_ids[bins.tile_offsets[r]:bins.tile_offsets[r + 1]]
+        assert bool((ids[1:] > ids[:-1]).all())
+    _, visible = sort_with_counts(presorted, cams)
+    assert visible.tolist() == proj.visible.sum(dim=1).tolist()
+    # the same image as the ordinary (depth-sorting) path
+    background = torch.zeros(len(cam_list), 3, device="cuda")
+    image = native.blend(presorted, bins, cams, RenderOptions(background=background), background)[0]
+    ref = native.blend(proj, native.sort(proj, cams), cams, RenderOptions(background=background), background)[0]
+    torch.testing.assert_close(image, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES)
 def test_native_gradients_match_torch(case):
     native = _native()

@@ -137,19 +137,35 @@ int bits_for(int64_t values) {  // bits needed to hold 0 .. values - 1 (at least
     return bits;
 }
 
+// 2. pair counts in ``order`` (written into ``cum``), and their inclusive sum in place.
+Status count_pairs(const BinArgs& args, const int* order, int* cum, ScratchAllocator scratch, cudaStream_t stream) {
+    const int n = args.C * args.N;
+    const int blocks = (n + kBinThreads - 1) / kBinThreads;
+    bin_kernel<false><<<blocks, kBinThreads, 0, stream>>>(args, order, cum, nullptr, nullptr);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    size_t temp_bytes = 0;
+    err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, cum, cum, n, stream);
+    if (err != cudaSuccess) return err;
+    void* temp = scratch(temp_bytes);
+    return cub::DeviceScan::InclusiveSum(temp, temp_bytes, cum, cum, n, stream);
+}
+
 }  // namespace
 
 Status bin_count(const BinArgs& args, uint32_t* keys0, uint32_t* keys1, int* items0, int* order, int* cum,
-                 int* visible_counts, ScratchAllocator scratch, void* stream_ptr) {
+                 int* visible_counts, bool presorted, ScratchAllocator scratch, void* stream_ptr) {
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
     const int64_t total = static_cast<int64_t>(args.C) * args.N;
     if (total == 0) return 0;
     const int n = static_cast<int>(total);
     const int blocks = static_cast<int>((total + kBinThreads - 1) / kBinThreads);
-    // 1. order the items front to back (once per item, not per pair); double buffers: no extra copy inside cub
-    depth_keys_kernel<<<blocks, kBinThreads, 0, stream>>>(args, keys0, items0, visible_counts);
+    // 1. order the items front to back (once per item, not per pair); double buffers: no extra copy inside cub.
+    //    Presorted items keep their index order: the kernel's identity items are the order (and it counts).
+    depth_keys_kernel<<<blocks, kBinThreads, 0, stream>>>(args, keys0, presorted ? order : items0, visible_counts);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
+    if (presorted) return count_pairs(args, order, cum, scratch, stream);
     cub::DoubleBuffer<uint32_t> d_keys(keys0, keys1);
     cub::DoubleBuffer<int> d_items(items0, order);
     size_t temp_bytes = 0;
@@ -162,15 +178,7 @@ Status bin_count(const BinArgs& args, uint32_t* keys0, uint32_t* keys1, int* ite
         err = cudaMemcpyAsync(order, d_items.Current(), total * sizeof(int), cudaMemcpyDeviceToDevice, stream);
         if (err != cudaSuccess) return err;
     }
-    // 2. pair counts in that order (written into ``cum``), and their inclusive sum in place
-    bin_kernel<false><<<blocks, kBinThreads, 0, stream>>>(args, order, cum, nullptr, nullptr);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    temp_bytes = 0;
-    err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, cum, cum, n, stream);
-    if (err != cudaSuccess) return err;
-    temp = scratch(temp_bytes);
-    return cub::DeviceScan::InclusiveSum(temp, temp_bytes, cum, cum, n, stream);
+    return count_pairs(args, order, cum, scratch, stream);
 }
 
 Status bin_emit(const BinArgs& args, const int* order, const int* cum, uint32_t* keys, int* values, void* stream_ptr) {

@@ -80,9 +80,10 @@ GS_HD uint64_t pair_key(int cam_tile, float depth) {
 // bin_count: ``order`` [C * N] receives the items (c * N + n) sorted front to back, ``cum`` [C * N] the inclusive
 // prefix sum of their pair counts in that order (the caller reads the total, cum[C * N - 1]), ``visible_counts``
 // [C] (zeroed by the caller) the visible items per camera. ``keys0``, ``keys1`` [C * N] and ``items0`` [C * N] are
-// the depth sort's double buffers.
+// the depth sort's double buffers. ``presorted``: the items are front to back in index order already; ``order`` is
+// then the identity and the depth sort is skipped.
 Status bin_count(const BinArgs& args, uint32_t* keys0, uint32_t* keys1, int* items0, int* order, int* cum,
-                 int* visible_counts, ScratchAllocator scratch, void* stream);
+                 int* visible_counts, bool presorted, ScratchAllocator scratch, void* stream);
 // bin_emit: writes the (camera, tile) ``keys`` [num_pairs] and Gaussian ids ``values`` [num_pairs] in depth order.
 Status bin_emit(const BinArgs& args, const int* order, const int* cum, uint32_t* keys, int* values, void* stream);
 // bin_sort: stable sort of the pairs by (camera, tile) over the double buffers (keys0/values0 hold the emitted

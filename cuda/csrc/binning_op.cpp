@@ -1,4 +1,5 @@
-// Torch glue for the sort stage: count pairs, read the total (one host sync), emit and sort.
+// Torch glue for the sort stage: count pairs, read the total (one host sync), emit and sort. ``presorted``: the
+// items are in front-to-back order already (the frame cache's visible set), so the depth sort is skipped.
 #include "binning.h"
 #include "ops.h"
 #include "torch_glue.h"
@@ -7,7 +8,8 @@ namespace gs {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
                                                    const at::Tensor& opacities, const at::Tensor& depths,
-                                                   const at::Tensor& radii, int64_t width, int64_t height) {
+                                                   const at::Tensor& radii, int64_t width, int64_t height,
+                                                   bool presorted) {
     GS_CHECK_FLOAT(means2d);
     GS_CHECK_FLOAT(conics);
     GS_CHECK_FLOAT(opacities);
@@ -53,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor&
         check_status(bin_count(a, reinterpret_cast<uint32_t*>(keys0.data_ptr<int>()),
                                reinterpret_cast<uint32_t*>(keys1.data_ptr<int>()), items0.data_ptr<int>(),
                                order.data_ptr<int>(), cum.data_ptr<int>(), visible_counts.data_ptr<int>(),
-                               scratch.allocator(), current_stream()),
+                               presorted, scratch.allocator(), current_stream()),
                      "bin_count");
         keys0.reset();
         keys1.reset();

@@ -12,7 +12,7 @@ TORCH_LIBRARY(gscache, m) {
           "Tensor? v_conics, Tensor? v_depths, Tensor? v_opacities, Tensor? v_colors) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("bin_and_sort(Tensor means2d, Tensor conics, Tensor opacities, Tensor depths, Tensor radii, int width, "
-          "int height) -> (Tensor, Tensor, Tensor)");
+          "int height, bool presorted=False) -> (Tensor, Tensor, Tensor)");
     m.def("blend_forward(Tensor means2d, Tensor conics, Tensor opacities, Tensor? colors, Tensor? depths, "
           "Tensor background, Tensor gaussian_ids, Tensor tile_offsets, int width, int height, "
           "bool save_for_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");

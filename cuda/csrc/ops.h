@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> preproces
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_and_sort_op(const at::Tensor& means2d, const at::Tensor& conics,
                                                                const at::Tensor& opacities, const at::Tensor& depths,
                                                                const at::Tensor& radii, int64_t width,
-                                                               int64_t height);
+                                                               int64_t height, bool presorted);
 
 // -> image [C,H,W,3] (or empty), alpha [C,H,W,1], depth [C,H,W,1] (or empty), T [C,H,W] and last [C,H,W]
 //    (empty unless save_for_backward), seg_state [S,5,C,H,W] (the segmented backward's boundary states; S = 0

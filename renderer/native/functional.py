@@ -76,7 +76,8 @@ def preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: b
 
 @torch.no_grad()
 def sort(projected: Projected, cams: CameraBatch) -> TileBins:
-    """Native implementation of the sort stage: pairs sorted by camera, tile and depth (or ``order_keys``).
+    """Native implementation of the sort stage: pairs sorted by camera, tile and depth (or ``order_keys``, or index
+    order for ``presorted`` input).
 
     ``gaussian_ids`` and ``tile_offsets`` are int32 (the torch backend's are int64; both blends take either).
     """
@@ -92,7 +93,8 @@ def sort_with_counts(projected: Projected, cams: CameraBatch) -> tuple[TileBins,
                                              projected.conics.detach().contiguous(),
                                              projected.opacities.detach().contiguous(),
                                              keys.detach().to(torch.float32).contiguous(),
-                                             projected.radii.to(torch.int32).contiguous(), cams.width, cams.height)
+                                             projected.radii.to(torch.int32).contiguous(), cams.width, cams.height,
+                                             projected.presorted)
     tiles_x = (cams.width + TILE_SIZE - 1) // TILE_SIZE
     tiles_y = (cams.height + TILE_SIZE - 1) // TILE_SIZE
     return TileBins(ids, offsets, TILE_SIZE, tiles_x, tiles_y), visible
