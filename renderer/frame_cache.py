@@ -106,27 +106,25 @@ class _VisibleSet:
     guard: GuardFrustum
     head_position: Tensor  # [3]
     head_rotation: Tensor  # [3, 3]
-    indices: Tensor  # [V]
-    splats: Splats  # the V Gaussians
-    covariances: Tensor | None  # [V, 3, 3] (None when the backend does not use them)
+    indices: Tensor  # [V] scene indices, ascending
 
 
 @dataclass(frozen=True)
 class _Shading:
     """The visible set front to back from the centre eye, ready for the per-eye stages.
 
-    ``ordered`` holds the V Gaussians in that order, so the sort stage only groups them by tile
-    (``Projected.presorted``): no depth sort per frame. With colours of SH degree > 0, their SH is replaced by the
-    colour evaluated from the centre eye (a DC term: degree 0), so per-eye preprocessing reads 3 coefficients
-    instead of up to 48 and evaluates no SH.
+    ``items`` lists the V visible Gaussians in that order; the per-eye preprocess reads them in place (no gather)
+    into that order, so the sort stage only groups them by tile (``Projected.presorted``): no depth sort per frame.
+    ``source`` is the scene, or, with colours of SH degree > 0, the scene whose SH is the colour seen from the
+    centre eye as a DC term (written at the visible Gaussians), so each eye reads 3 coefficients, not up to 48.
     """
 
     head_position: Tensor  # [3]
     head_rotation: Tensor  # [3, 3]
-    ordered: Splats  # the V visible Gaussians, front to back
-    covariances: Tensor | None  # [V, 3, 3] in that order (None when the backend does not use them)
+    items: Tensor  # [V] int32 scene indices, front to back
+    source: Splats  # what the per-eye preprocess reads (SH degree 0 evaluates the right colours)
     with_colors: bool
-    near_distance: float  # distance of the nearest visible Gaussians (5th percentile)
+    near_distance: Tensor  # () distance of the nearest visible Gaussians (5th percentile; read on the next frame)
     sh_degree: int
 
 
@@ -148,6 +146,7 @@ class FrameCache:
             self.extent = max(float((hi - lo).max()), 1e-6)
         self._visible: _VisibleSet | None = None
         self._shading: _Shading | None = None
+        self._baked_dc: Tensor | None = None  # [N, 1, 3] colours from the centre eye as DC terms (SH degree > 0)
         self._age = 0
         self._motion_per_frame = 0.0
         self._last_head: tuple[Tensor, Tensor] | None = None
@@ -210,8 +209,7 @@ class FrameCache:
                              margin=margin_world + ipd / 2)
         chunk_mask = guard.sphere_mask(self.index.centers, self.index.radii)
         indices = torch.sort(self.index.members(chunk_mask)).values
-        covariances = None if self.covariances is None else self.covariances[indices]
-        self._visible = _VisibleSet(guard, pos, rot, indices, self.splats.subset(indices), covariances)
+        self._visible = _VisibleSet(guard, pos, rot, indices)
         self._shading = None
         self._totals["visible"] += 1
         return False
@@ -249,27 +247,31 @@ class FrameCache:
         visible = self._visible
         head_batch = stack_cameras(head, self.splats.device, self.splats.dtype)
         # The backend's own projection gives exactly the z each eye computes (parallel axes share the z row).
-        depths = self.backend.preprocess(visible.splats, head_batch, 0, False, visible.covariances).depths[0]
+        depths = self.backend.preprocess(self.splats, head_batch, 0, False, self.covariances,
+                                         visible.indices).depths[0]
         order = torch.sort(depths, stable=True).indices  # stable: equal depths keep the index order, as uncached
-        ordered = visible.splats.subset(order)
+        items = visible.indices[order]
+        source = self.splats  # SH degree 0 reads only the DC term of each Gaussian
         if with_colors and degree > 0:
             # Colours from the centre eye for every visible Gaussian (also those outside the centre view that an
             # eye sees), stored as the DC term that gives them back: 0.5 + C0 dc = colour (>= 0).
-            dirs = torch.nn.functional.normalize(ordered.means - pos.to(ordered.means), dim=-1)
-            colors = _eval_sh(degree, dirs, ordered.sh)
-            dc = ((colors - 0.5) / SH_C0)[:, None, :]
-            ordered = Splats(ordered.means, ordered.quats, ordered.log_scales, ordered.opacity_logits, dc)
-        else:
-            ordered = ordered.with_sh_degree(0) if ordered.sh_degree > 0 and degree == 0 else ordered
-        covariances = None if visible.covariances is None else visible.covariances[order]
-        in_front = depths[depths > head.near]
-        step = max(1, in_front.numel() // 65536)  # the 5th percentile of a subsample: quantile sorts its input
-        near = float(torch.quantile(in_front[::step].float(), 0.05)) if in_front.numel() else self.extent
-        return _Shading(pos, rot, ordered, covariances, with_colors, max(near, 1e-6), degree)
+            dirs = torch.nn.functional.normalize(self.splats.means[items] - pos.to(self.splats.means), dim=-1)
+            colors = _eval_sh(degree, dirs, self.splats.sh[items])
+            if self._baked_dc is None:
+                self._baked_dc = self.splats.sh[:, :1].clone()  # [N, 1, 3]
+            self._baked_dc[items] = ((colors - 0.5) / SH_C0)[:, None, :]
+            s = self.splats
+            source = Splats(s.means, s.quats, s.log_scales, s.opacity_logits, self._baked_dc)
+        # The 5th percentile of the depths in front, as a tensor: read on the next frame, so no sync here.
+        step = max(1, depths.numel() // 65536)
+        sample = depths[::step]
+        front = torch.where(sample > head.near, sample, torch.full_like(sample, math.nan))
+        near = torch.nan_to_num(torch.nanquantile(front.float(), 0.05), nan=self.extent).clamp_min(1e-6)
+        return _Shading(pos, rot, items.to(torch.int32), source, with_colors, near, degree)
 
     def _reuse_error(self, cached: _Shading, pos: Tensor, rot: Tensor, degree: int) -> float:
         """Estimated error of reusing ``cached`` at this pose (radians of view-direction change)."""
-        translation = float((pos - cached.head_position).norm()) / cached.near_distance
+        translation = float((pos - cached.head_position).norm()) / float(cached.near_distance)
         rotation = rotation_angle(rot, cached.head_rotation)
         # Colours depend on the view direction only through SH of degree >= 1; order on translation and rotation.
         return translation * (1.0 if degree > 0 else 0.5) + self.config.rotation_weight * rotation
@@ -278,7 +280,7 @@ class FrameCache:
         """Exponential average of the per-frame error growth, which sets the dynamic cache depth."""
         if self._last_head is not None and self._shading is not None:
             last_pos, last_rot = self._last_head
-            step = float((pos - last_pos).norm()) / self._shading.near_distance
+            step = float((pos - last_pos).norm()) / float(self._shading.near_distance)
             step += self.config.rotation_weight * rotation_angle(rot, last_rot)
             self._motion_per_frame = 0.7 * self._motion_per_frame + 0.3 * step
         self._last_head = (pos, rot)
@@ -295,7 +297,7 @@ class FrameCache:
     def _render_eyes(self, cams: CameraBatch, options: RenderOptions, bg: Tensor) -> RenderOutput:
         """Per eye: footprints of the ordered visible set (colours from its DC term), tiles in that order, blend."""
         shading = self._shading  # its colours are in the DC term: SH degree 0 gives them back
-        proj = self.backend.preprocess(shading.ordered, cams, 0, options.wants_color, shading.covariances)
+        proj = self.backend.preprocess(shading.source, cams, 0, options.wants_color, self.covariances, shading.items)
         proj = dataclasses.replace(proj, presorted=True)
         bins = self.backend.sort(proj, cams)
         image, alpha, depth = self.backend.blend(proj, bins, cams, options, bg)

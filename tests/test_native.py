@@ -410,8 +410,12 @@ def test_native_presorted_sort_groups_by_tile_in_index_order():
     cams = stack_cameras(cam_list, "cuda", torch.float32)
     scene = splats.to("cuda")
     depths = native.preprocess(scene, stack_cameras(cam_list[:1], "cuda", torch.float32), 0, False).depths[0]
-    ordered = scene.subset(torch.sort(depths, stable=True).indices)
+    order = torch.sort(depths, stable=True).indices
+    ordered = scene.subset(order)
     proj = native.preprocess(ordered, cams, ordered.sh_degree, True)
+    in_place = native.preprocess(scene, cams, scene.sh_degree, True, items=order.int())  # read, not gathered
+    for field in ("means2d", "conics", "depths", "opacities", "colors", "radii"):
+        assert torch.equal(getattr(in_place, field), getattr(proj, field)), field
     presorted = dataclasses.replace(proj, presorted=True)
     bins, ref_bins = native.sort(presorted, cams), TorchBackend().sort(presorted, cams)
     assert torch.equal(bins.tile_offsets.long(), ref_bins.tile_offsets)

@@ -6,7 +6,7 @@
 TORCH_LIBRARY(gscache, m) {
     m.def("preprocess_forward(Tensor means, Tensor quats, Tensor log_scales, Tensor opacity_logits, Tensor sh, "
           "Tensor viewmats, Tensor Ks, Tensor campos, int width, int height, float near, float far, int sh_degree, "
-          "bool with_colors) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+          "bool with_colors, Tensor? items=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("preprocess_backward(Tensor means, Tensor quats, Tensor log_scales, Tensor opacity_logits, Tensor sh, "
           "Tensor viewmats, Tensor Ks, Tensor campos, int width, int height, int sh_degree, Tensor? v_means2d, "
           "Tensor? v_conics, Tensor? v_depths, Tensor? v_opacities, Tensor? v_colors) "

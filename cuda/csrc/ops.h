@@ -14,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
     const at::Tensor& opacity_logits, const at::Tensor& sh, const at::Tensor& viewmats, const at::Tensor& Ks,
     const at::Tensor& campos, int64_t width, int64_t height, double near_plane, double far_plane, int64_t sh_degree,
-    bool with_colors);
+    bool with_colors, const std::optional<at::Tensor>& items);
 
 // -> v_means [N,3], v_quats [N,4], v_log_scales [N,3], v_opacity_logits [N], v_sh [N,K,3]
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> preprocess_backward_op(

@@ -20,6 +20,8 @@ struct PreprocessArgs {
     const float* viewmats;        // [C, 4, 4] world-to-camera
     const float* Ks;              // [C, 3, 3]
     const float* campos;          // [C, 3] camera centres
+    const int* items;             // [N] or nullptr: output slot n shows Gaussian items[n] of the parameter arrays
+                                  // (the frame cache's front-to-back visible set, read in place, not gathered)
     // outputs
     float* means2d;    // [C, N, 2]
     float* conics;     // [C, N, 3]
@@ -54,8 +56,9 @@ struct PreprocessBackwardArgs {
 };
 
 // Forward for Gaussian n in camera c.
-GS_HD void preprocess_forward_one(const PreprocessArgs& a, int c, int n) {
-    const int idx = c * a.N + n;
+GS_HD void preprocess_forward_one(const PreprocessArgs& a, int c, int slot) {
+    const int idx = c * a.N + slot;
+    const int n = a.items ? a.items[slot] : slot;  // the Gaussian this output slot shows
     const CameraParams cam = load_camera(a.viewmats, a.Ks, a.campos, c, a.width, a.height);
     const float m[3] = {a.means[3 * n], a.means[3 * n + 1], a.means[3 * n + 2]};
     float q[4], R[9], M[9], S[9];

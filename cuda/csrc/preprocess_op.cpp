@@ -42,11 +42,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
     const at::Tensor& opacity_logits, const at::Tensor& sh, const at::Tensor& viewmats, const at::Tensor& Ks,
     const at::Tensor& campos, int64_t width, int64_t height, double near_plane, double far_plane, int64_t sh_degree,
-    bool with_colors) {
+    bool with_colors, const std::optional<at::Tensor>& items) {
     check_scene(means, quats, log_scales, opacity_logits, sh, viewmats, Ks, campos, sh_degree);
     TORCH_CHECK(width > 0 && height > 0, "width and height must be positive, got ", width, "x", height);
+    if (present(items)) {  // indices into the parameter arrays, one per output slot (the caller keeps them in range)
+        GS_CHECK_INT(*items);
+        TORCH_CHECK(items->dim() == 1, "items must have shape [M], got ", items->sizes());
+        GS_CHECK_SAME_DEVICE(*items, means);
+    }
     const c10::cuda::CUDAGuard guard(means.device());
-    const int64_t N = means.size(0), C = viewmats.size(0);
+    const int64_t N = present(items) ? items->size(0) : means.size(0), C = viewmats.size(0);
+    TORCH_CHECK(C * N < (int64_t{1} << 31), "C * M must be < 2^31, got ", C * N);
     const auto fopts = means.options();
     at::Tensor means2d = at::empty({C, N, 2}, fopts);
     at::Tensor conics = at::empty({C, N, 3}, fopts);
@@ -71,6 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     a.viewmats = viewmats.data_ptr<float>();
     a.Ks = Ks.data_ptr<float>();
     a.campos = campos.data_ptr<float>();
+    a.items = present(items) ? items->data_ptr<int>() : nullptr;
     a.means2d = means2d.data_ptr<float>();
     a.conics = conics.data_ptr<float>();
     a.depths = depths.data_ptr<float>();

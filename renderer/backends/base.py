@@ -43,11 +43,14 @@ class StagedBackend(Backend):
 
     @abstractmethod
     def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
-                   covariances: torch.Tensor | None = None) -> Projected:
+                   covariances: torch.Tensor | None = None, items: torch.Tensor | None = None) -> Projected:
         """Cull, project and colour every Gaussian for every camera.
 
         ``covariances [N, 3, 3]``: world-space 3D covariances computed once per scene by the caller; a backend may
         use them or recompute them from ``splats`` (they are equal).
+        ``items [M]``: project only these Gaussians, in this order (output slot m shows Gaussian ``items[m]``;
+        ``Projected`` is then ``[C, M]``), without gradients: the frame cache's front-to-back visible set, read in
+        place rather than gathered.
         """
 
     @abstractmethod

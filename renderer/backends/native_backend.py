@@ -29,12 +29,12 @@ class NativeBackend(StagedBackend):
         load_native(torch.device(device))
 
     def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
-                   covariances: torch.Tensor | None = None) -> Projected:
+                   covariances: torch.Tensor | None = None, items: torch.Tensor | None = None) -> Projected:
         # The kernel builds each covariance from its quaternion and scales in registers, which reads less
         # memory than loading a precomputed [N, 3, 3]; `covariances` is therefore not needed here.
         from ..native import functional
 
-        return functional.preprocess(splats, cams, sh_degree, with_colors)
+        return functional.preprocess(splats, cams, sh_degree, with_colors, items)
 
     def sort(self, projected: Projected, cams: CameraBatch) -> TileBins:
         from ..native import functional

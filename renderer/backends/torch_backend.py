@@ -23,7 +23,10 @@ class TorchBackend(StagedBackend):
         self.round_size = round_size
 
     def preprocess(self, splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
-                   covariances: torch.Tensor | None = None) -> Projected:
+                   covariances: torch.Tensor | None = None, items: torch.Tensor | None = None) -> Projected:
+        if items is not None:  # the reference gathers (the native kernel reads in place)
+            splats = splats.subset(items.long())
+            covariances = None if covariances is None else covariances[items.long()]
         return _preprocess(splats, cams, sh_degree, with_colors, covariances)
 
     def sort(self, projected: Projected, cams: CameraBatch) -> TileBins:

@@ -50,11 +50,13 @@ class _Preprocess(torch.autograd.Function):
         return (*grads, *([None] * 9))
 
 
-def preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool) -> Projected:
+def preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: bool,
+               items: Tensor | None = None) -> Projected:
     """Native implementation of the preprocess stage (same contract as ``_torch_impl._preprocess``).
 
     When gradients flow, ``Projected.means2d`` retains its gradient (``means2d.grad`` after backward, ``[C, N, 2]``):
-    the screen-space gradient that densification needs.
+    the screen-space gradient that densification needs. ``items [M]``: only these Gaussians, in this order, read in
+    place (``Projected`` is ``[C, M]``); no gradients.
     """
     if splats.dtype != torch.float32:
         raise ValueError(f"splats: the native backend renders float32 scenes, got {splats.dtype}")
@@ -66,7 +68,12 @@ def preprocess(splats: Splats, cams: CameraBatch, sh_degree: int, with_colors: b
                                        splats.sh)]
     args = (*fields, viewmats, ks, campos, cams.width, cams.height, float(cams.near), float(cams.far), sh_degree,
             with_colors)
-    if _needs_grad(*fields):
+    if items is not None:
+        if _needs_grad(*fields):
+            raise ValueError("preprocess: items (a subset read in place) has no backward; render under no_grad")
+        outs = load_native(device).preprocess_forward(*args, items.to(device, torch.int32).contiguous())
+        means2d, conics, depths, opacities, colors, radii = outs
+    elif _needs_grad(*fields):
         means2d, conics, depths, opacities, colors, radii = _Preprocess.apply(*args)
         means2d.retain_grad()
     else:
