@@ -25,7 +25,6 @@ anything it overstates the reusable share); the rest of the radix time is counte
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -36,6 +35,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks.result_files import write_result_files  # noqa: E402
 
 GROUPS = ("blend", "preprocess", "tile_binning", "depth_order", "tile_sort_other")
 REUSABLE = ("depth_order",)
@@ -151,20 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         del scene
         torch.cuda.empty_cache()
     gpu = device_name(device)
-    date = dt.date.today().isoformat()
-    result = {"command": "python benchmarks/native_kernel_split.py " + " ".join(argv or sys.argv[1:]),
-              "revision": args.revision or "unknown", "gpu": gpu, "date": date, "rows": rows,
-              "note": "CUDA time per stereo frame by kernel group (PyTorch profiler); depth_order includes a cub "
-                      "radix sort of 2N 32-bit pairs timed alone (the op's depth sort), the rest of the radix time "
-                      "is the tile sort; max_cache_speedup = 1 / (1 - reusable_share)"}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{gpu.lower().replace(' ', '-')}-native-kernel-split-{args.path}"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        plot(args.out_dir / f"{stem}.png", rows, gpu, args.path)
-    except ImportError as err:  # no matplotlib: the JSON stands alone
-        print(f"plot skipped: {err}")
-    print(f"wrote {args.out_dir / stem}.json")
+    write_result_files(args.out_dir, f"native-kernel-split-{args.path}",
+                       "python benchmarks/native_kernel_split.py " + " ".join(argv or sys.argv[1:]), args.revision,
+                       gpu, rows, lambda png: plot(png, rows, gpu, args.path),
+                       note="CUDA time per stereo frame by kernel group (PyTorch profiler); depth_order includes a cub "
+                            "radix sort of 2N 32-bit pairs timed alone (the op's depth sort), the rest of the radix "
+                            "time is the tile sort; max_cache_speedup = 1 / (1 - reusable_share)")
     return 0
 
 

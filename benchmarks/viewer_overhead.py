@@ -23,8 +23,6 @@ Rows carry ``delta_ms`` against ``renderer``. JSON and plot in ``--out-dir``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks.result_files import write_result_files  # noqa: E402
 
 
 def sustained_ms(fn, frames: int, finish) -> float:
@@ -173,18 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.release()
     gpu = device_name(device)
-    date = dt.date.today().isoformat()
-    result = {"command": "python benchmarks/viewer_overhead.py " + " ".join(argv or sys.argv[1:]),
-              "revision": args.revision or "unknown", "gpu": gpu, "gl_renderer": renderer_name, "date": date,
-              "rows": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{gpu.lower().replace(' ', '-')}-viewer-overhead"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        plot(args.out_dir / f"{stem}.png", rows, gpu)
-    except ImportError as err:
-        print(f"plot skipped: {err}")
-    print(f"wrote {args.out_dir / stem}.json")
+    write_result_files(args.out_dir, "viewer-overhead",
+                       "python benchmarks/viewer_overhead.py " + " ".join(argv or sys.argv[1:]), args.revision, gpu,
+                       rows, lambda png: plot(png, rows, gpu), gl_renderer=renderer_name)
     return 0
 
 

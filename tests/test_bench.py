@@ -262,3 +262,25 @@ def test_frame_cache_renderer_in_the_harness(tmp_path):
     assert set(rows) == {"torch", "torch-cache"}
     cached = rows["torch-cache"]
     assert cached.reference == "torch" and cached.psnr_min >= 40 and cached.frames == 3
+
+
+def test_diagnostic_benchmarks_write_the_result_schema(tmp_path):
+    """benchmarks/result_files.py (native_kernel_split.py, viewer_overhead.py): BENCHMARK.md's keys, the script's
+    own, the plot beside the JSON; a missing matplotlib leaves the JSON alone."""
+    import json
+
+    from benchmarks.result_files import write_result_files
+
+    def no_matplotlib(png):
+        raise ImportError("No module named 'matplotlib'")
+
+    path = write_result_files(tmp_path, "viewer-overhead", "python x.py", "abc123", "NVIDIA H200",
+                              [{"scene": "guitar", "sustained_ms": 1.5}], lambda png: png.write_bytes(b"png"),
+                              gl_renderer="NVIDIA H200/PCIe")
+    doc = json.loads(path.read_text())
+    assert path.name.endswith("-nvidia-h200-viewer-overhead.json") and path.with_suffix(".png").is_file()
+    assert {k: doc[k] for k in ("command", "revision", "gpu", "gl_renderer")} == {
+        "command": "python x.py", "revision": "abc123", "gpu": "NVIDIA H200", "gl_renderer": "NVIDIA H200/PCIe"}
+    assert doc["rows"] == [{"scene": "guitar", "sustained_ms": 1.5}] and doc["date"]
+    bare = write_result_files(tmp_path / "b", "k", "c", None, "CPU", [], no_matplotlib)
+    assert json.loads(bare.read_text())["revision"] == "unknown" and not bare.with_suffix(".png").exists()
