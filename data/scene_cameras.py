@@ -105,14 +105,19 @@ class SceneCameras:
         return [self.cameras[round(i * (n - 1) / max(count - 1, 1))] for i in range(count)]
 
 
-def find_scene_cameras(scene_path: str | Path) -> Path | None:
-    """The cameras file that belongs to ``scene_path`` (see the module doc for where it is looked for), or None."""
+def scene_cameras_candidates(scene_path: str | Path) -> list[Path]:
+    """Where the cameras file of ``scene_path`` may lie, in the order looked at (see the module doc)."""
     scene = Path(scene_path)
     stem = scene.name.split(".")[0]
     candidates = [scene.parent / f"{stem}.cameras.json", scene.parent / RUN_CAMERAS]
     if scene.parent.parent.name == "point_cloud":
         candidates.append(scene.parent.parent.parent / RUN_CAMERAS)
-    return next((c for c in candidates if c.is_file()), None)
+    return candidates
+
+
+def find_scene_cameras(scene_path: str | Path) -> Path | None:
+    """The cameras file that belongs to ``scene_path`` (the first of :func:`scene_cameras_candidates`), or None."""
+    return next((c for c in scene_cameras_candidates(scene_path) if c.is_file()), None)
 
 
 def load_scene_cameras(path: str | Path) -> SceneCameras:

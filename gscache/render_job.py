@@ -20,7 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data import default_scene_path, load_scene
-from data.scene_cameras import SceneCameras, camera_at_size, open_scene_cameras, resolve_scene_file
+from data.scene_cameras import (
+    SceneCameras,
+    camera_at_size,
+    open_scene_cameras,
+    resolve_scene_file,
+    scene_cameras_candidates,
+)
 from renderer import Camera, PathSpec, Splats, StereoRig, intrinsics_from_fov, look_at, orbit_path, render, scene_frame
 
 
@@ -103,11 +109,10 @@ def orbit_views(config: RenderConfig, splats: Splats) -> list[Camera | StereoRig
 def capture_views(config: RenderConfig, splats: Splats, capture: SceneCameras) -> list[Camera | StereoRig]:
     """``config.frames`` of the scene's capture cameras, spread over the capture, at ``config``'s image size (the
     capture's horizontal field of view): stereo rigs or single cameras."""
-    _, extent = scene_frame(splats)
     cams = [camera_at_size(c.camera, config.width, config.height) for c in capture.evenly(config.frames)]
     if not config.stereo:
         return list(cams)
-    ipd = config.ipd if config.ipd is not None else 0.064 * extent
+    ipd = config.ipd if config.ipd is not None else 0.064 * scene_frame(splats)[1]
     return [StereoRig(cam, ipd) for cam in cams]
 
 
@@ -206,8 +211,8 @@ def run_render(config: RenderConfig, console: Console | None = None) -> RenderRu
     else:
         capture = None if config.path == "orbit" else open_scene_cameras(scene_path)
         if capture is None and config.path == "capture":
-            raise ValueError(f"--path capture: {scene_path} has no capture cameras (looked for "
-                             f"{scene_path.name.split('.')[0]}.cameras.json and cameras.json beside it)")
+            looked = ", ".join(str(c) for c in scene_cameras_candidates(scene_path))
+            raise ValueError(f"--path capture: {scene_path} has no capture cameras (looked for {looked})")
         views = capture_views(config, splats, capture) if capture is not None else orbit_views(config, splats)
     config.out.mkdir(parents=True, exist_ok=True)
     run = RenderRun(backend=config.backend, device=str(device))

@@ -77,6 +77,7 @@ class SceneSlot:
 
     Attributes:
         capture: the scene's capture cameras (a training run's or ``<scene>.cameras.json``), None without.
+        center: the centre of its framing (``scene_center_extent``), kept so that a reset does not recompute it.
     """
 
     path: Path | None = None
@@ -84,6 +85,7 @@ class SceneSlot:
     fmt: str = ""
     extent: float = 1.0
     capture: SceneCameras | None = None
+    center: list[float] | None = None
 
 
 @dataclass
@@ -160,7 +162,7 @@ class AppState:
                 capture = open_scene_cameras(path)
             except (OSError, ValueError) as err:  # the scene still opens, framed from its bounds
                 self.error = f"capture cameras ignored: {err}"
-        self.scene = SceneSlot(path, splats, fmt, extent, capture)
+        self.scene = SceneSlot(path, splats, fmt, extent, capture, center)
         self.capture_index = 0
         self.reset_view()
         self.ipd = 0.064 * extent
@@ -277,7 +279,9 @@ class AppState:
             self.snap_to_capture(self.capture_index)
             return
         if self.scene.splats is not None:
-            center, extent = scene_center_extent(self.scene.splats)
+            center, extent = self.scene.center, self.scene.extent
+            if center is None:
+                center, extent = scene_center_extent(self.scene.splats)
             mode = self.camera.mode
             self.camera = CameraController.framing(center, extent, self.camera.fov_x_deg)
             self.camera.mode = mode
