@@ -16,9 +16,10 @@ the ``torch`` reference on the same device (0 to skip). Writes ``benchmarks/resu
 per eye, 2064 x 2208 for the protocol). For each scene, on the ``orbit`` poses of BENCHMARK.md:
 (a) ``gscache bench``'s stereo frame of ``--renderer`` alone: server/bench.py's own case runner (both eyes as one
     batch, CUDA events around the call, ``--warmup`` + max(``--frames``, 48) frames);
-(b) the viewer's frame, per ``--uploads`` (``auto``: CUDA-GL interop where the EGL context is on the CUDA GPU,
-    ``host``: through pinned host memory): ``FramePipeline.render`` of the side-by-side request (2 x width by
-    height; both eyes in one render call, written into the output texture) + ``draw_to`` of the output into a
+(b) the viewer's frame, per ``--uploads`` (``auto``: CUDA memory that GL reads in place where the EGL context is
+    on the CUDA GPU, or CUDA-GL interop with ``GSCACHE_VIEWER_SHARED=0``; ``host``: through pinned host memory):
+    ``FramePipeline.render`` of the side-by-side request (2 x width by height; both eyes in one render call, written
+    as the display image) + ``draw_to`` of the frame into a
     framebuffer of ``--window`` size (``gscache view``'s default window, 1280 x 800; ``0 0``: the frame's own size)
     + ``glFinish`` and a CUDA stream sync, wall clock per frame. On compute GPUs (H100/H200: few graphics units) a
     full-screen GL pass costs ~0.07 ms per megapixel, so the window's size is part of the figure.
@@ -275,7 +276,7 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
             start = time.perf_counter()
             pipeline.render(request(i), finish=False)
             queued = time.perf_counter()
-            pipeline.draw_to(window, (0, 0, win_w, win_h))
+            pipeline.draw_to(window, (0, 0, win_w, win_h), newest=True)  # this frame, whole
             drawn = time.perf_counter()
             ctx.finish()
             sync()
@@ -285,8 +286,9 @@ def time_viewer_stereo(ctx, scene, config: GLBenchConfig, upload: str, frames: i
                 queued_ms.append((queued - start) * 1e3)
                 draw_ms.append((drawn - queued) * 1e3)
                 finish_ms.append((end - drawn) * 1e3)
-        # Sustained: frames issued back to back as the viewer's loop issues them (no glFinish per frame; the
-        # interop map/unmap orders CUDA and GL), one finish at the end: the mean frame period.
+        # Sustained: frames issued back to back as the viewer's loop issues them (no glFinish per frame; CUDA and GL
+        # are ordered by the shared memory's event and fences, or by the interop map/unmap; the window shows the
+        # newest finished frame), one finish at the end: the mean frame period.
         ctx.finish()
         sync()
         start = time.perf_counter()

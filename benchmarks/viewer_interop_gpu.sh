@@ -1,9 +1,10 @@
 for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-# One GPU-machine run for issue 6's viewer target (CUDA-GL interop): build the native extension, run the viewer's
-# interop tests (tests/test_viewer_interop.py: the GPU ones write a known frame into an EGL texture on the CUDA GPU
-# and read it back), then measure the viewer's CUDA path against `gscache bench` (stereo 2064x2208 per eye, guitar
-# and guitar-g4, interop and the pinned host path). Needs the carried .gl/*.deb and .whl/*.whl. Writes 4 files to
-# $OUT: summary.txt, pytest.log, and the result JSON + PNG (benchmarks/viewer_gl_fps.py --vs-bench).
+# One GPU-machine run for issue 6's viewer target (the viewer's CUDA path within 10% of `gscache bench`): build the
+# native extension, run the viewer's display-path tests (tests/test_viewer_interop.py: the GPU ones write known
+# frames through CUDA-GL interop and through CUDA memory shared with GL into an EGL context on the CUDA GPU and read
+# them back), split the display overhead (benchmarks/viewer_overhead.py), then measure the viewer's CUDA path against
+# `gscache bench` (stereo 2064x2208 per eye, guitar, guitar-g4, guitar-g8). Needs the carried .gl/*.deb and
+# .whl/*.whl. Writes to $OUT: summary.txt, pytest.log and the result JSONs + PNGs.
 #   usage: bash benchmarks/viewer_interop_gpu.sh DATA_DIR     (DATA_DIR holds guitar.ply; GSCACHE_REVISION in env)
 set -uo pipefail
 data="${1:?usage: viewer_interop_gpu.sh DATA_DIR}"
@@ -41,8 +42,10 @@ step() {  # step NAME LIMIT_S CMD... : run with a hard timeout, log rc and the t
 step build "$(cap 150 100)" python3 -c "from renderer.native import load_native; load_native(); print('native extension built')"
 TAIL=12 step pytest "$(cap 70 60)" python3 -m pytest -q -p no:cacheprovider -rs tests/test_viewer_interop.py
 cp /tmp/pytest.log "$out/pytest.log"
-TAIL=14 step vs_bench "$(left 8)" python3 benchmarks/viewer_gl_fps.py --vs-bench --scenes guitar guitar-g4 \
-    --width 2064 --height 2208 --data-dir "$data" --uploads auto host --quality-frames 2 --revision "$rev" \
+TAIL=34 step overhead "$(cap 200 150)" python3 benchmarks/viewer_overhead.py --scenes guitar guitar-g4 guitar-g8 \
+    --data-dir "$data" --revision "$rev" --out-dir "$out"
+TAIL=14 step vs_bench "$(left 8)" python3 benchmarks/viewer_gl_fps.py --vs-bench --scenes guitar guitar-g4 guitar-g8 \
+    --width 2064 --height 2208 --data-dir "$data" --uploads auto --quality-frames 2 --revision "$rev" \
     --out-dir "$out" --what viewer-vs-bench-2064x2208
 python3 - "$out" <<'EOF' 2>&1 | tee -a "$summary"
 import json, pathlib, sys

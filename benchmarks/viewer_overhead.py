@@ -8,11 +8,18 @@ runs), in an EGL context on the CUDA GPU:
 - ``renderer``: the bench's stereo render call alone (cameras stacked once);
 - ``viewer_render``: the viewer's native frame source (eye geometry uploaded per frame), no display;
 - ``interop_write``: + the display kernel into the registered RGBA8 output texture (CUDA-GL map/unmap), no GL draw;
+- ``shared_write``: + the display kernel into CUDA memory that GL imported once (``viewer/gl_shared.py``), no draw;
 - ``interop_write_window_size``: + the same into a window-sized texture from window-sized eyes instead (what a
   window-sized present would pay for the exchange);
 - ``gl_draw_only``: + a window-sized GL draw per frame that reads no CUDA output (GL's share alone);
+- ``gl_switch_only``: + a GL clear of one pixel and a flush per frame (what any GL work between two CUDA frames
+  costs: the GPU switches between the GL and the CUDA context);
+- ``shared_draw_1px``: + the shared write and its draw into a one-pixel viewport (the exchange without the fill);
 - ``viewer_frame``: the viewer's whole frame, ``FramePipeline.render`` + ``draw_to`` the window (what
-  ``--vs-bench`` times);
+  ``--vs-bench`` times): the frame through the shared memory, the window showing the newest finished frame;
+- ``viewer_frame_newest``: the same, the window waiting for the newest frame (``draw_to(..., newest=True)``);
+- ``viewer_frame_interop``: the same through CUDA-GL interop (``GSCACHE_VIEWER_SHARED=0``: the path before the
+  shared memory);
 - ``viewer_frame_present_every_4th``: rendering every frame, displaying every 4th (how the exchange amortises).
 
 Rows carry ``delta_ms`` against ``renderer``. JSON and plot in ``--out-dir``.
@@ -23,9 +30,11 @@ Rows carry ``delta_ms`` against ``renderer``. JSON and plot in ``--out-dir``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -56,6 +65,7 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
     from renderer.native import load_native
     from renderer.types import RenderOptions
     from server.bench import PATH_FRAMES
+    from viewer.gl_shared import SHARED_ENV, SharedDisplay
     from viewer.interop import GLImage
     from viewer.pipeline import FramePipeline, FrameRequest, ViewSpec
 
@@ -79,6 +89,11 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
     pipeline = FramePipeline(ctx, "native", upload="auto")
     pipeline.set_scene(scene.splats)
     source = pipeline.source
+    interop_pipeline = FramePipeline(ctx, "native", upload="auto")
+    interop_pipeline.set_scene(scene.splats)
+    with mock.patch.dict(os.environ, {SHARED_ENV: "0"}):
+        interop_pipeline.render(request(0))  # decides its upload path once: interop
+    assert interop_pipeline.source.upload_path == "interop", interop_pipeline.source.upload_note
     settings = request(0).settings
     geometry = [request(i).eye_geometry() for i in range(len(rigs))]
     win_w, win_h = args.window
@@ -86,6 +101,7 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
     full = ctx.texture((2 * args.width, args.height), 4)
     small = ctx.texture((win_w, win_h), 4)
     full_image, small_image = GLImage(full, device), GLImage(small, device)
+    shared = SharedDisplay(ctx, 2 * args.width, args.height, device)
     small_eyes = torch.rand(2, win_h, win_w // 2, 3, device=device)
     ops = load_native(device)
 
@@ -104,6 +120,9 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
     def write(i: int) -> None:
         full_image.write(render(i).image, None, None, "rgb", "side-by-side")
 
+    def write_shared(i: int) -> None:
+        shared.write(render(i).image, None, None, "rgb", "side-by-side")
+
     def write_small(i: int) -> None:
         render(i)
         small_image.write(small_eyes, None, None, "rgb", "side-by-side")
@@ -112,9 +131,28 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
         ops.display_pack(render(i).image, None, None, 0, 1, [0.0, 0.0], [1.0, 1.0])
         draw(small)
 
+    def switch_only(i: int) -> None:
+        render(i)
+        window.use()
+        window.viewport = (0, 0, 1, 1)
+        ctx.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, 1, 1))
+        shared._gl.glFlush()
+
+    def shared_draw_1px(i: int) -> None:
+        write_shared(i)
+        shared.draw(window, (0, 0, 1, 1), flip=True, newest=False)
+
     def viewer_frame(i: int) -> None:
         pipeline.render(request(i), finish=False)
         pipeline.draw_to(window, (0, 0, win_w, win_h))
+
+    def viewer_frame_newest(i: int) -> None:
+        pipeline.render(request(i), finish=False)
+        pipeline.draw_to(window, (0, 0, win_w, win_h), newest=True)
+
+    def viewer_frame_interop(i: int) -> None:
+        interop_pipeline.render(request(i), finish=False)
+        interop_pipeline.draw_to(window, (0, 0, win_w, win_h))
 
     def every_4th(i: int) -> None:
         if i % 4:
@@ -123,14 +161,19 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
             viewer_frame(i)
 
     variants = {"renderer": bench_render, "viewer_render": render, "interop_write": write,
-                "interop_write_window_size": write_small, "gl_draw_only": draw_only, "viewer_frame": viewer_frame,
-                "viewer_frame_present_every_4th": every_4th}
+                "interop_write_window_size": write_small, "shared_write": write_shared, "gl_draw_only": draw_only,
+                "gl_switch_only": switch_only, "shared_draw_1px": shared_draw_1px,
+                "viewer_frame": viewer_frame, "viewer_frame_newest": viewer_frame_newest,
+                "viewer_frame_interop": viewer_frame_interop, "viewer_frame_present_every_4th": every_4th}
     try:
         out = {name: sustained_ms(fn, args.frames, finish) for name, fn in variants.items()}
+        assert pipeline.source.upload_path == "shared", pipeline.source.upload_note
     finally:
         full_image.release()
         small_image.release()
+        shared.release()
         pipeline.release()
+        interop_pipeline.release()
         for res in (window, full, small):
             res.release()
     return out

@@ -4,7 +4,9 @@ CPU (Mesa, no CUDA): the eye geometry fast path equals ``eye_cameras``; the disp
 the kernel computes) equals the GL compose pass in every mode and layout; a source without usable interop falls back
 to the host upload and says why. GPU (``@pytest.mark.gpu``): the packing kernel equals the torch reference, a known
 frame written through CUDA-GL interop into a texture of an EGL context on the CUDA GPU reads back as the expected
-8-bit image, and the native source renders through interop (also after a resize) the same image as the host path.
+8-bit image; frames in CUDA memory shared with GL (``viewer/gl_shared.py``) read back exactly, round their slots,
+and a draw that need not wait shows the last finished frame; the native source renders through the shared memory and
+through interop (also after a resize) the same image as the host path, and its window draw matches GL_LINEAR.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("moderngl", reason="viewer extra not installed (pip install -e '.[viewer]')")
+moderngl = pytest.importorskip("moderngl", reason="viewer extra not installed (pip install -e '.[viewer]')")
 
 from data import load_scene  # noqa: E402
 from renderer import Camera, Splats, StereoRig, intrinsics_from_fov, look_at, render  # noqa: E402
-from viewer import interop  # noqa: E402
+from viewer import gl_shared, interop  # noqa: E402
+from viewer.gl_shared import SharedDisplay  # noqa: E402
 from viewer.interop import GLImage, depth_ramp, display_rgba8, display_size, interop_unavailable  # noqa: E402
 from viewer.pipeline import FramePipeline, FrameRequest, ViewSpec  # noqa: E402
 from viewer.sources import RendererSource, RenderSettings  # noqa: E402
@@ -254,29 +257,154 @@ def test_interop_upload_reads_back_the_expected_8bit_image(cuda_egl_ctx):
 
 
 @pytest.mark.gpu
-def test_native_source_shows_the_native_frame_through_interop(cuda_egl_ctx, guitar):
+def test_native_source_shows_the_native_frame_through_shared_memory_and_interop(cuda_egl_ctx, guitar, monkeypatch):
     ctx = cuda_egl_ctx
     device = torch.device("cuda", torch.cuda.current_device())
     splats = guitar.to(device)
     head = framed_camera(guitar, 160, 120)
-    outputs = {}
-    for upload in ("auto", "host"):
-        pipeline = FramePipeline(ctx, "native", upload=upload)
+    outputs, windows = {}, {}
+    for want in ("shared", "interop", "host"):
+        monkeypatch.setenv(gl_shared.SHARED_ENV, "0" if want == "interop" else "1")
+        pipeline = FramePipeline(ctx, "native", upload="host" if want == "host" else "auto")
+        window = ctx.framebuffer(color_attachments=[ctx.texture((211, 97), 4)])
         try:
             pipeline.set_scene(splats)
-            for width, height in ((320, 120), (256, 96)):  # a resize re-registers the new texture
+            for width, height in ((320, 120), (256, 96)):  # a resize re-creates the texture and its attachment
                 request = FrameRequest(ViewSpec(head.world_to_camera, 60.0), width, height, stereo="side-by-side",
                                        ipd=0.3)
                 pipeline.render(request)
-                outputs[upload, width] = pipeline.read_output()
-                want = "interop" if upload == "auto" else "host"
                 assert pipeline.source.upload_path == want, pipeline.source.upload_note
+                assert pipeline.output_size == (width, height)
+                pipeline.draw_to(window, (0, 0, 211, 97))  # the window: scaled, bilinear
+                assert not pipeline.display_pending  # the frame was finished: the newest was shown
+                windows[want, width] = np.frombuffer(window.read(components=3), np.uint8).astype(np.int32)
+                outputs[want, width] = pipeline.read_output()
         finally:
             pipeline.release()
+            window.release()
     for width, height in ((320, 120), (256, 96)):
-        assert np.array_equal(outputs["auto", width], outputs["host", width])
+        assert np.array_equal(outputs["shared", width], outputs["host", width])
+        assert np.array_equal(outputs["interop", width], outputs["host", width])
+        # the shared path's bilinear shader against GL_LINEAR sampling of the output texture
+        assert np.abs(windows["shared", width] - windows["host", width]).max() <= 1
         rig = StereoRig(ViewSpec(head.world_to_camera, 60.0).camera(width // 2, height), 0.3)
         with torch.inference_mode():
             out = render(splats, rig, backend="native")
         ref = display_rgba8(out.image, None, None, "rgb", "side-by-side").cpu().numpy()[..., :3]
-        assert ref.mean() > 2 and np.array_equal(outputs["auto", width], ref)
+        assert ref.mean() > 2 and np.array_equal(outputs["shared", width], ref)
+
+
+@pytest.mark.gpu
+def test_shared_display_frames_read_back_exactly(cuda_egl_ctx):
+    ctx = cuda_egl_ctx
+    device = torch.device("cuda", torch.cuda.current_device())
+    reason = gl_shared.shared_display_unavailable(ctx, device)
+    assert reason is None, f"shared memory should be usable from {ctx.info['GL_RENDERER']}: {reason}"
+    lo, span = depth_ramp([(1.3, 4.1), (0.9, 5.2)])
+    display = SharedDisplay(ctx, 2 * 67, 41, device, slots=3)
+    texture = ctx.texture((2 * 67, 41), 4)
+    fbo = ctx.framebuffer(color_attachments=[texture])
+    try:
+        for k, (layout, mode) in enumerate(_cases() * 2):  # 18 different frames round 3 slots
+            eyes = 1 if layout == "mono" else 2
+            image, alpha, depth = _known_frame(eyes, 41, 67, device, seed=10 + k)
+            display.write(image, alpha, depth, mode, layout, lo, span)
+            width, height = display_size(layout, 67, 41)
+            assert display.size == (width, height)
+            display.draw(fbo, (0, 0, width, height), flip=False, linear=False)
+            assert not display.pending
+            got = np.frombuffer(fbo.read(viewport=(0, 0, width, height), components=4), np.uint8)
+            ref = display_rgba8(image, alpha, depth, mode, layout, lo, span).cpu().numpy().reshape(-1)
+            diff = int(np.abs(got.astype(np.int32) - ref.astype(np.int32)).max())
+            assert diff <= (1 if mode == "depth" else 0), (k, layout, mode, diff)
+        with pytest.raises(ValueError, match="does not fit"):
+            big = torch.zeros(1, 42, 67, 3, device=device)
+            display.write(big, None, None, "rgb", "mono")
+    finally:
+        display.release()
+        fbo.release()
+        texture.release()
+    with pytest.raises(RuntimeError, match="released"):
+        display.write(torch.zeros(1, 4, 4, 3, device=device), None, None, "rgb", "mono")
+
+
+@pytest.mark.gpu
+def test_shared_display_shows_the_last_finished_frame_while_the_newest_renders(cuda_egl_ctx):
+    ctx = cuda_egl_ctx
+    device = torch.device("cuda", torch.cuda.current_device())
+    display = SharedDisplay(ctx, 32, 16, device, slots=2)
+    texture = ctx.texture((32, 16), 4)
+    fbo = ctx.framebuffer(color_attachments=[texture])
+
+    def shown() -> np.ndarray:
+        return np.frombuffer(fbo.read(components=3), np.uint8).reshape(16, 32, 3)
+
+    try:
+        first = torch.full((1, 16, 32, 3), 0.25, device=device)
+        display.write(first, None, None, "rgb", "mono")
+        display.draw(fbo, (0, 0, 32, 16), flip=False, linear=False)
+        assert (shown() == 64).all()
+        torch.cuda._sleep(200_000_000)  # keeps the stream busy: the next write is not finished at the draw
+        display.write(torch.full((1, 16, 32, 3), 0.75, device=device), None, None, "rgb", "mono")
+        display.draw(fbo, (0, 0, 32, 16), flip=False, linear=False, newest=False)
+        assert display.pending and (shown() == 64).all(), "the finished frame, without waiting"
+        torch.cuda.synchronize(device)
+        display.draw(fbo, (0, 0, 32, 16), flip=False, linear=False, newest=False)
+        assert not display.pending and (shown() == 191).all()
+    finally:
+        display.release()
+        fbo.release()
+        texture.release()
+
+
+def test_frame_slots_draw_buffer_frames_exactly_and_like_a_linear_texture(ctx):
+    """The GL half of the shared display (``FrameSlots``) over an ordinary GL buffer: no CUDA needed."""
+    from viewer._glsl import BLIT_FRAGMENT, FULLSCREEN_VERTEX
+
+    rng = np.random.default_rng(5)
+    width, height = 37, 23
+    buffer = ctx.buffer(reserve=3 * (-(-width * height * 4 // 256) * 256))
+    slots = gl_shared.FrameSlots(ctx, buffer.glo, width, height, 3)
+    exact = ctx.framebuffer(color_attachments=[ctx.texture((width, height), 4)])
+    window = ctx.framebuffer(color_attachments=[ctx.texture((61, 17), 4)])
+    blit = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=BLIT_FRAGMENT)
+    blit_vao = ctx.vertex_array(blit, [])
+    try:
+        for k in range(5):  # round the 3 slots, sizes changing
+            w, h = (width, height) if k % 2 == 0 else (width - 6, height - 3)
+            image = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+            slot = slots.slots[k % 3]
+            slots.wait_read(slot)
+            assert slot.fence is None
+            buffer.write(image.tobytes(), offset=slot.offset)
+            slot.size, slot.serial = (w, h), k
+            slots.draw(slot, exact, (0, 0, w, h), flip=False, linear=False)
+            assert slot.fence is not None
+            got = np.frombuffer(exact.read(viewport=(0, 0, w, h), components=4), np.uint8).reshape(h, w, 4)
+            assert np.array_equal(got[..., :3], image[..., :3]) and (got[..., 3] == 255).all(), k
+            # scaled into a window, flipped: as the output texture drawn with GL_LINEAR
+            slots.draw(slot, window, (0, 0, 61, 17), flip=True, linear=True)
+            ours = np.frombuffer(window.read(components=3), np.uint8).astype(np.int32)
+            texture = ctx.texture((w, h), 4, image.tobytes())
+            texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            texture.repeat_x = texture.repeat_y = False
+            window.use()
+            texture.use(0)
+            blit["u_image"].value, blit["u_flip"].value = 0, 1
+            blit_vao.render(moderngl.TRIANGLES, vertices=3)
+            ref = np.frombuffer(window.read(components=3), np.uint8).astype(np.int32)
+            texture.release()
+            assert np.abs(ours - ref).max() <= 1, k
+        with pytest.raises(RuntimeError, match="hold at most"):
+            gl_shared.FrameSlots(ctx, buffer.glo, 1 << 14, 1 << 14, 3)
+    finally:
+        slots.release()
+        for res in (blit_vao, blit, exact, window, buffer):
+            res.release()
+
+
+def test_shared_display_is_refused_with_a_reason_without_cuda(ctx, monkeypatch):
+    reason = gl_shared.shared_display_unavailable(ctx, torch.device("cpu"))
+    assert reason is not None and ("CPU" in reason or "lacks" in reason)
+    monkeypatch.setenv(gl_shared.SHARED_ENV, "0")
+    assert "turned off" in gl_shared.shared_display_unavailable(ctx, torch.device("cuda", 0))

@@ -71,7 +71,7 @@ class ViewerApp:
         state.render_if_dirty(width, height)
         screen = ctx.screen
         screen.use()
-        if state.pipeline.output_texture is None:  # else the draw covers the window: no clear (fill rate is scarce
+        if state.pipeline.output_size is None:  # else the draw covers the window: no clear (fill rate is scarce
             screen.clear(*state.background, 1.0)  # on compute GPUs: a full-window pass costs as much as the draw)
         state.pipeline.draw_to(screen, (0, 0, width, height))
         screen.viewport = (0, 0, width, height)  # ImGui's backend sets its own state from here
@@ -84,7 +84,8 @@ class ViewerApp:
         state.timings.ui_ms.append(1000.0 * imgui.get_io().delta_time)
         show_gui(state)
         self._count_frame()
-        hello_imgui.get_runner_params().fps_idling.enable_idling = not state.animating
+        pending = state.pipeline is not None and state.pipeline.display_pending  # a newer frame is on its way
+        hello_imgui.get_runner_params().fps_idling.enable_idling = not (state.animating or pending)
 
     def _count_frame(self) -> None:
         if self.frames is None:

@@ -280,10 +280,11 @@ def stats_panel(state: AppState) -> None:
     source = state.pipeline.source if state.pipeline is not None else None
     upload = getattr(source, "upload_path", None)
     if upload is not None:
-        labels = {"interop": "CUDA-GL interop (on the GPU)", "host": "through host memory", "eyes": "float eye buffers"}
+        labels = {"shared": "CUDA memory read by GL in place", "interop": "CUDA-GL interop (on the GPU)",
+                  "host": "through host memory", "eyes": "float eye buffers"}
         imgui.text(f"frame upload: {labels.get(upload, upload)}")
         note = getattr(source, "upload_note", "")
-        if note and upload != "interop":
+        if note and upload != "shared":
             imgui.text_disabled(note)
     render_ms = np.asarray(state.timings.render_ms, dtype=np.float64)
     ui_ms = np.asarray(state.timings.ui_ms, dtype=np.float64)

@@ -6,7 +6,10 @@ offscreen tests and benchmarks, so what is tested is what is shown.
 Sources with a display path (the ``native`` CUDA frame source, ``viewer.sources.RendererSource``) skip the eye
 buffers and the compose pass: they get the eye geometry as arrays (:meth:`FrameRequest.eye_geometry`, no ``Camera``
 objects per frame) and write the finished frame, both eyes from one render call, into the RGBA8 output texture (or,
-when the eyes are scaled or the width is odd, into a display-sized texture that is blitted into the output).
+when the eyes are scaled or the width is odd, into a display-sized texture that is blitted into the output). Where
+the frame lands in CUDA memory that GL reads in place (``viewer/gl_shared.py``), the window is drawn straight from
+that memory and the output texture is filled only when somebody reads it (:attr:`FramePipeline.output_texture`,
+:meth:`FramePipeline.read_output`).
 """
 
 from __future__ import annotations
@@ -231,6 +234,8 @@ class FramePipeline:
         self._display = _Target()  # display-path frames whose size differs from the output's
         self._output = _Target()
         self._display_frame = False  # the last frame took the display path: the eye buffers do not hold it
+        self._shared = None  # the SharedDisplay holding the last frame, when it went there (viewer/gl_shared.py)
+        self._output_stale = False  # the output texture does not hold the shared frame yet
         self.splats: Splats | None = None
         self.source: FrameSource = make_source(backend, ctx, async_sort, remote, upload)
         self.backend = backend
@@ -249,7 +254,24 @@ class FramePipeline:
 
     @property
     def output_texture(self) -> moderngl.Texture | None:
+        """The last frame as an RGBA8 texture (row 0 = the image's top row); None before the first frame."""
+        self._fill_output()
         return self._output.texture
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """Width and height of the last frame (None before the first), without filling the output texture."""
+        return self._output.texture.size if self._output.texture is not None else None
+
+    @property
+    def display_pending(self) -> bool:
+        """The window shows an older frame than the newest one, still rendering on the GPU: draw it again."""
+        return self._shared is not None and self._shared.pending
+
+    def _fill_output(self) -> None:
+        if self._shared is not None and self._output_stale and self._output.fbo is not None:
+            self._shared.draw(self._output.fbo, (0, 0, *self._output.texture.size), flip=False, linear=False)
+            self._output_stale = False
 
     def render(self, request: FrameRequest, finish: bool = True) -> FrameResult:
         """Render ``request`` into the output texture (``request.width`` x ``request.height``, RGBA8).
@@ -271,6 +293,7 @@ class FramePipeline:
 
     def _render_eyes(self, request: FrameRequest) -> list[SourceFrame]:
         cams = request.eye_cameras()
+        self._shared = None
         begin = getattr(self.source, "begin_frame", None)
         if begin is not None:  # sources that need the whole request first (remote: one stereo request per frame)
             begin(request, cams)
@@ -292,12 +315,20 @@ class FramePipeline:
         target = self._output if direct else self._display
         target.ensure(self.ctx, size, "f1")
         self._display_frame = True
+        self._shared = None
         reports = self.source.render_display(request, geometry, target)
-        if not direct:
+        shared = target.attachment if getattr(self.source, "upload_path", None) == "shared" else None
+        if direct:
+            self._shared, self._output_stale = shared, shared is not None
+        else:
             out = self._output.ensure(self.ctx, (request.width, request.height), "f1")
-            out.use()
-            out.viewport = (0, 0, request.width, request.height)
-            self._draw_texture(target.texture, flip=False)
+            viewport = (0, 0, request.width, request.height)
+            if shared is not None:
+                shared.draw(out, viewport, flip=False, linear=True)
+            else:
+                out.use()
+                out.viewport = viewport
+                self._draw_texture(target.texture, flip=False)
         return reports
 
     def _draw_texture(self, texture: moderngl.Texture, flip: bool) -> None:
@@ -329,6 +360,7 @@ class FramePipeline:
         """The last output as ``[H, W, 3]`` uint8, row 0 at the top."""
         if self._output.fbo is None:
             raise ValueError("read_output: nothing has been rendered yet")
+        self._fill_output()
         w, h = self._output.fbo.size
         return np.frombuffer(self._output.fbo.read(components=3), dtype=np.uint8).reshape(h, w, 3).copy()
 
@@ -343,8 +375,14 @@ class FramePipeline:
         w, h = fbo.size
         return np.frombuffer(fbo.read(components=4, dtype="f4"), dtype=np.float32).reshape(h, w, 4).copy()
 
-    def draw_to(self, fbo: moderngl.Framebuffer, viewport: tuple[int, int, int, int]) -> None:
-        """Draw the output texture into ``viewport`` of ``fbo`` (the window), flipped so row 0 is at the top."""
+    def draw_to(self, fbo: moderngl.Framebuffer, viewport: tuple[int, int, int, int], newest: bool = False) -> None:
+        """Draw the last frame into ``viewport`` of ``fbo`` (the window), flipped so row 0 is at the top.
+
+        A frame in shared CUDA memory is drawn from there, without waiting for the newest frame's GPU work unless
+        ``newest``: while it still renders the previous one is shown (:attr:`display_pending`)."""
+        if self._shared is not None:
+            self._shared.draw(fbo, viewport, flip=True, linear=True, newest=newest)
+            return
         if self._output.texture is None:
             return
         fbo.use()
@@ -353,6 +391,7 @@ class FramePipeline:
 
     def release(self) -> None:
         """Free every GL resource (call with the context current)."""
+        self._shared = None
         self.source.release()
         for target in (*self._eyes, self._display, self._output):
             target.release()

@@ -34,6 +34,7 @@ from renderer.native import load_native
 from renderer.streaming import StreamedScene
 from renderer.types import RenderOptions
 
+from .gl_shared import SharedDisplay, shared_display_unavailable
 from .gl_splats import GLSplatRenderer
 from .interop import LAYOUT_IDS, MODE_IDS, GLImage, depth_ramp, display_rgba8, interop_unavailable
 
@@ -148,10 +149,10 @@ class RendererSource:
 
     Two ways to the screen (``upload``):
     - the display path (``auto`` for ``native`` on CUDA, or ``host``): the eye images become the display image
-      (the compose pass's shading, stereo layout and 8 bits) on the render device (``viewer/interop.py``) and go
-      straight into the pipeline's output texture: through CUDA-GL interop when the GL context runs on the CUDA
-      GPU (no copy through the host; ``upload_path == "interop"``), else through a reused pinned host buffer
-      (``"host"``);
+      (the compose pass's shading, stereo layout and 8 bits) on the render device (``viewer/interop.py``). When the
+      GL context runs on the CUDA GPU it goes into CUDA memory that GL reads in place (``viewer/gl_shared.py``,
+      ``upload_path == "shared"``: the pipeline draws from it), or where that is not supported into the output
+      texture through CUDA-GL interop (``"interop"``); else through a reused pinned host buffer (``"host"``);
     - the eye path (``auto`` otherwise: the ``torch`` reference, on CPU or CUDA; or ``eyes``): float RGBA eye
       buffers (colour over the background, alpha; or depth * alpha, alpha), composed by the pipeline's GL pass
       (``"eyes"``), which tests read back with ``FramePipeline.read_eye``.
@@ -176,12 +177,13 @@ class RendererSource:
         self.display = upload == "host" or (upload == "auto" and cuda_native)
         """The pipeline hands this source whole frames (``render_display``) instead of eye buffers."""
         self.upload_path: str | None = None
-        """How the last frame reached GL: ``interop``, ``host`` or ``eyes`` (None before the first)."""
+        """How the last frame reached GL: ``shared``, ``interop``, ``host`` or ``eyes`` (None before the first)."""
         self.upload_note = ""
-        """Why CUDA-GL interop is not used (empty when it is, or before it was tried)."""
+        """Why the shared memory or CUDA-GL interop is not used (empty when it is, or before it was tried)."""
         self.splats: Splats | StreamedScene | None = None
         self._streaming = None  # the StreamingRenderer of a StreamedScene
         self._interop: bool | None = None if upload == "auto" and cuda_native else False
+        self._shared: bool | None = self._interop  # GL reads CUDA memory in place (decided on the first frame)
         self._backend = None
         self._cams: tuple | None = None  # (pinned host, device, copy event) of the packed cameras
         self._background: tuple[tuple, torch.Tensor] | None = None
@@ -265,22 +267,49 @@ class RendererSource:
         if mode == "depth":
             ranges = [_depth_range(out.depth[i], out.alpha[i]) for i in range(eyes)]
             lo, span = depth_ramp(ranges)
-        if not self._write_interop(target, image, alpha, depth, mode, layout, lo, span):
+        args = (image, alpha, depth, mode, layout, lo, span)
+        if not (self._write_shared(target, *args) or self._write_interop(target, *args)):
             self._write_host(target.texture, image, alpha, depth, mode, layout, lo, span)
         ms = (time.perf_counter() - start) * 1e3
         visible = list(out.stats.visible) + [0] * eyes
         return [SourceFrame(ms, ranges[i], int(visible[i])) for i in range(eyes)]
 
+    def _write_shared(self, target, *args) -> bool:
+        """Write into CUDA memory shared with GL if that works here (decided once per source); False: try interop.
+        ``target.attachment`` becomes the :class:`SharedDisplay` (output-sized); the pipeline draws from it."""
+        if self._shared is None:
+            reason = shared_display_unavailable(target.texture.ctx, self.device)
+            self._shared, self.upload_note = reason is None, reason or ""
+        if not self._shared:
+            return False
+        try:
+            display = target.attachment
+            if not isinstance(display, SharedDisplay) or display.capacity != target.texture.size:
+                if display is not None:
+                    display.release()
+                    target.attachment = None
+                target.attachment = SharedDisplay(target.texture.ctx, *target.texture.size, self.device)
+            target.attachment.write(*args)
+        except RuntimeError as err:  # export, import or a GL call refused: interop (or the host) from now on
+            if target.attachment is not None:
+                target.attachment.release()
+                target.attachment = None
+            self._shared, self.upload_note = False, f"CUDA memory shared with GL failed: {err}"
+            return False
+        self.upload_path = "shared"
+        return True
+
     def _write_interop(self, target, *args) -> bool:
         """Write through CUDA-GL interop if it works here (decided once per source); False: use the host."""
         if self._interop is None:
             reason = interop_unavailable(self.device)
-            self._interop, self.upload_note = reason is None, reason or ""
+            self._interop = reason is None
+            self.upload_note = reason or self.upload_note  # (keeps why the shared memory is not used)
         if not self._interop:
             return False
         try:
             image = target.attachment
-            if image is None or getattr(image, "texture", None) is not target.texture:
+            if image is None or getattr(image, "texture", None) is not target.texture:  # (or a SharedDisplay)
                 if image is not None:
                     image.release()
                     target.attachment = None

@@ -357,8 +357,7 @@ class AppState:
             except (ValueError, RuntimeError) as err:
                 self.error = f"cannot show {self.scene.path}: {err}"
             self._uploaded = self.scene.splats
-        out = self.pipeline.output_texture
-        if not self.dirty and out is not None and out.size == (width, height):
+        if not self.dirty and self.pipeline.output_size == (width, height):
             return False
         self.dirty = False
         try:

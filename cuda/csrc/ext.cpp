@@ -23,6 +23,10 @@ TORCH_LIBRARY(gscache, m) {
     // the viewer's display path (catch-all kernels: some take no tensor to dispatch on)
     m.def("display_pack(Tensor? image, Tensor? alpha, Tensor? depth, int mode, int layout, float[] depth_lo, "
           "float[] depth_span) -> Tensor", &gs::display_pack_op);
+    m.def("display_pack_to(int address, int capacity, Tensor? image, Tensor? alpha, Tensor? depth, int mode, "
+          "int layout, float[] depth_lo, float[] depth_span) -> ()", &gs::display_pack_to_op);
+    m.def("shared_allocate(int bytes, int device) -> (int, int, int, int)", &gs::shared_allocate_op);
+    m.def("shared_free(int handle) -> ()", &gs::shared_free_op);
     m.def("gl_cuda_devices() -> (int, int[])", &gs::gl_cuda_devices_op);
     m.def("gl_register_image(int texture, int width, int height, int device) -> int", &gs::gl_register_image_op);
     m.def("gl_unregister_image(int handle) -> ()", &gs::gl_unregister_image_op);

@@ -13,6 +13,7 @@
 
 #include "gl_interop.h"
 #include "ops.h"
+#include "shared_memory.h"
 #include "torch_glue.h"
 
 extern "C" {
@@ -121,6 +122,48 @@ at::Tensor display_pack_op(const std::optional<at::Tensor>& image, const std::op
     at::Tensor out = at::empty({a.height, display_width(a), 4}, at::TensorOptions().dtype(at::kByte).device(device));
     check_status(display_to_buffer(a, out.data_ptr<uint8_t>(), current_stream()), "display_pack");
     return out;
+}
+
+void display_pack_to_op(int64_t address, int64_t capacity, const std::optional<at::Tensor>& image,
+                        const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& depth, int64_t mode,
+                        int64_t layout, c10::ArrayRef<double> depth_lo, c10::ArrayRef<double> depth_span) {
+    at::Device device(at::kCPU);
+    const DisplayArgs a = display_args(image, alpha, depth, mode, layout, depth_lo, depth_span, &device);
+    TORCH_CHECK(device.is_cuda(), "display_pack_to: the inputs must be on a CUDA device, got ", device);
+    TORCH_CHECK(address != 0, "display_pack_to: null address");
+    const int64_t bytes = static_cast<int64_t>(display_width(a)) * a.height * 4;
+    TORCH_CHECK(bytes <= capacity, "display_pack_to: a ", display_width(a), "x", a.height, " display needs ", bytes,
+                " bytes, the buffer has ", capacity);
+    const c10::cuda::CUDAGuard guard(device);
+    check_status(display_to_buffer(a, reinterpret_cast<unsigned char*>(static_cast<uintptr_t>(address)),
+                                   current_stream()),
+                 "display_pack_to");
+}
+
+std::tuple<int64_t, int64_t, int64_t, int64_t> shared_allocate_op(int64_t bytes, int64_t device) {
+    TORCH_CHECK(bytes > 0, "shared_allocate: expected a positive size, got ", bytes);
+    TORCH_CHECK(device >= 0, "shared_allocate: bad device ", device);
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    auto* allocation = new SharedAllocation();
+    int fd = -1;
+    const std::string error = shared_allocate(static_cast<size_t>(bytes), static_cast<int>(device), allocation, &fd);
+    if (!error.empty()) {
+        delete allocation;
+        TORCH_CHECK(false, "shared_allocate(", bytes, " bytes on cuda:", device, "): ", error);
+    }
+    return {static_cast<int64_t>(reinterpret_cast<intptr_t>(allocation)), fd,
+            static_cast<int64_t>(allocation->size), static_cast<int64_t>(allocation->address)};
+}
+
+void shared_free_op(int64_t handle) {
+    TORCH_CHECK(handle != 0, "shared_free: null handle");
+    auto* allocation = reinterpret_cast<SharedAllocation*>(static_cast<intptr_t>(handle));
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(allocation->device));
+    const cudaError_t sync = cudaDeviceSynchronize();  // no kernel may still write into it
+    if (sync != cudaSuccess) (void)cudaGetLastError();
+    const std::string error = shared_free(*allocation);
+    delete allocation;
+    TORCH_CHECK(error.empty(), "shared_free: ", error);
 }
 
 std::tuple<int64_t, std::vector<int64_t>> gl_cuda_devices_op() {

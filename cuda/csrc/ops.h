@@ -55,6 +55,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_bac
 at::Tensor display_pack_op(const std::optional<at::Tensor>& image, const std::optional<at::Tensor>& alpha,
                            const std::optional<at::Tensor>& depth, int64_t mode, int64_t layout,
                            c10::ArrayRef<double> depth_lo, c10::ArrayRef<double> depth_span);
+// The same display image written into raw device memory (`capacity` bytes at `address`, e.g. a shared_allocate
+// buffer that GL imported), on the current stream.
+void display_pack_to_op(int64_t address, int64_t capacity, const std::optional<at::Tensor>& image,
+                        const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& depth, int64_t mode,
+                        int64_t layout, c10::ArrayRef<double> depth_lo, c10::ArrayRef<double> depth_span);
+// Device memory exported as a POSIX fd (shared_memory.h): (handle, fd, size, address); the caller owns the fd.
+std::tuple<int64_t, int64_t, int64_t, int64_t> shared_allocate_op(int64_t bytes, int64_t device);
+void shared_free_op(int64_t handle);
 std::tuple<int64_t, std::vector<int64_t>> gl_cuda_devices_op();
 int64_t gl_register_image_op(int64_t texture, int64_t width, int64_t height, int64_t device);
 void gl_unregister_image_op(int64_t handle);

@@ -28,7 +28,7 @@ from ..backends.base import BackendUnavailableError
 
 CSRC_DIR = Path(__file__).resolve().parent.parent.parent / "cuda" / "csrc"
 _SOURCES = ("preprocess.cu", "binning.cu", "blend.cu", "gl_interop.cu", "preprocess_op.cpp", "binning_op.cpp",
-            "blend_op.cpp", "gl_interop_op.cpp", "ext.cpp")
+            "blend_op.cpp", "gl_interop_op.cpp", "shared_memory.cpp", "ext.cpp")
 _PREBUILT = Path(__file__).resolve().parent / "_gscache_native.so"
 _RELEASE_FLAGS = {"cxx": ["-O3"], "cuda": ["-O3", "-lineinfo"]}
 _DEBUG_FLAGS = {"cxx": ["-O0", "-g"], "cuda": ["-O0", "-lineinfo", "-Xptxas", "-O0"]}
