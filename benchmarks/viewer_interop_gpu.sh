@@ -40,7 +40,7 @@ step() {  # step NAME LIMIT_S CMD... : run with a hard timeout, log rc and the t
 }
 
 step build "$(cap 150 100)" python3 -c "from renderer.native import load_native; load_native(); print('native extension built')"
-TAIL=12 step pytest "$(cap 70 60)" python3 -m pytest -q -p no:cacheprovider -rs tests/test_viewer_interop.py
+TAIL=12 step pytest "$(cap 150 60)" python3 -m pytest -q -p no:cacheprovider -rs tests/test_viewer_interop.py tests/test_frame_cache.py
 cp /tmp/pytest.log "$out/pytest.log"
 TAIL=34 step overhead "$(cap 200 150)" python3 benchmarks/viewer_overhead.py --scenes guitar guitar-g4 guitar-g8 \
     --data-dir "$data" --revision "$rev" --out-dir "$out"

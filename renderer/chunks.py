@@ -27,12 +27,14 @@ class ChunkIndex:
         starts: chunk boundaries ``[M + 1]`` (int64).
         centers: bounding-sphere centres ``[M, 3]``.
         radii: bounding-sphere radii ``[M]``.
+        chunk_of: the chunk of each Gaussian ``[N]`` (int64, scene order).
     """
 
     order: Tensor  # [N]
     starts: Tensor  # [M + 1]
     centers: Tensor  # [M, 3]
     radii: Tensor  # [M]
+    chunk_of: Tensor  # [N]
 
     @property
     def num_chunks(self) -> int:
@@ -47,6 +49,10 @@ class ChunkIndex:
         counts = hi - lo
         first = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
         return self.order[first + torch.arange(int(counts.sum()), device=self.order.device)]
+
+    def members_ascending(self, chunk_mask: Tensor) -> Tensor:
+        """:meth:`members` in ascending index order ``[V]`` (int64), in one pass over the scene (no sort)."""
+        return torch.nonzero(chunk_mask[self.chunk_of], as_tuple=True)[0]
 
 
 def _morton_codes(points: Tensor, bits: int = 10) -> Tensor:
@@ -78,7 +84,7 @@ def build_chunk_index(splats: Splats, chunk_size: int = 4096) -> ChunkIndex:
     if n == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         return ChunkIndex(empty, torch.zeros(1, dtype=torch.int64, device=device),
-                          splats.means.new_zeros((0, 3)), splats.means.new_zeros(0))
+                          splats.means.new_zeros((0, 3)), splats.means.new_zeros(0), empty)
     means = splats.means.detach()
     order = torch.argsort(_morton_codes(means))
     m = math.ceil(n / chunk_size)
@@ -93,7 +99,8 @@ def build_chunk_index(splats: Splats, chunk_size: int = 4096) -> ChunkIndex:
     centers = (lo + hi) / 2
     dist = (sorted_means - centers[chunk_of]).norm(dim=1) + reach
     radii = torch.zeros(m, device=device, dtype=means.dtype).scatter_reduce(0, chunk_of, dist, "amax")
-    return ChunkIndex(order, starts, centers, radii)
+    chunk_of_gaussian = torch.empty_like(chunk_of).scatter_(0, order, chunk_of)
+    return ChunkIndex(order, starts, centers, radii, chunk_of_gaussian)
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,7 @@ class FrameCache:
                              **view_tangents(cams), angle=math.radians(self.config.guard_angle_deg),
                              margin=margin_world + ipd / 2)
         chunk_mask = guard.sphere_mask(self.index.centers, self.index.radii)
-        indices = torch.sort(self.index.members(chunk_mask)).values
+        indices = self.index.members_ascending(chunk_mask)
         self._visible = _VisibleSet(guard, pos, rot, indices)
         self._shading = None
         self._totals["visible"] += 1

@@ -97,6 +97,10 @@ def test_chunk_index_covers_every_gaussian_once():
         members = index.order[index.starts[chunk]:index.starts[chunk + 1]]
         dist = (scene.means[members] - index.centers[chunk]).norm(dim=1)
         assert (dist <= index.radii[chunk] + 1e-5).all()
+        assert (index.chunk_of[members] == chunk).all()
+    # members_ascending: the same Gaussians as members, already in ascending order
+    for mask in (torch.arange(10) % 3 == 0, torch.zeros(10, dtype=torch.bool), torch.ones(10, dtype=torch.bool)):
+        assert torch.equal(index.members_ascending(mask), torch.sort(index.members(mask)).values)
 
 
 def test_moving_past_thresholds_refreshes():
