@@ -70,8 +70,9 @@ def run_path(scene, rigs, budget: float, depth: int, uncached, backend: str = "n
             "psnr_min": min(psnrs), "psnr_mean": statistics.fmean(psnrs), "frames": len(ms)}
 
 
-def kernel_profile(scene, rigs, budget: float, depth: int, frames: int = 48) -> list[dict]:
-    """CUDA time per kernel name (ms per frame, top 16) of the cache over the first ``frames`` poses."""
+def kernel_profile(scene, rigs, budget: float, depth: int, uncached, frames: int = 48) -> dict[str, list[dict]]:
+    """CUDA time per kernel name (ms per frame, top 16) over the first ``frames`` poses: of the cache
+    (``native-cache``) and of uncached ``native`` (``uncached(i)``) on the same poses."""
     from torch.profiler import ProfilerActivity, profile
 
     from renderer.frame_cache import CacheConfig, FrameCache
@@ -81,16 +82,21 @@ def kernel_profile(scene, rigs, budget: float, depth: int, frames: int = 48) -> 
     for rig in rigs[:4]:
         cache.render(rig, background=background)
     cache.invalidate()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for rig in rigs[:frames]:
-            cache.render(rig, background=background)
-    rows = []
-    for event in prof.key_averages():
-        cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
-        if cuda_us > 0:
-            rows.append({"kernel": event.key[:90], "ms_per_frame": cuda_us / 1e3 / frames, "calls": event.count})
-    rows.sort(key=lambda r: -r["ms_per_frame"])
-    return rows[:16]
+    runs = {"native-cache": lambda i: cache.render(rigs[i], background=background), "native": uncached}
+    tables = {}
+    for name, fn in runs.items():
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(min(frames, len(rigs))):
+                fn(i)
+            torch.cuda.synchronize()
+        rows = []
+        for event in prof.key_averages():
+            cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+            if cuda_us > 0:
+                rows.append({"kernel": event.key[:90], "ms_per_frame": cuda_us / 1e3 / frames, "calls": event.count})
+        rows.sort(key=lambda r: -r["ms_per_frame"])
+        tables[name] = rows[:16]
+    return tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"visible {r['visible_refresh_share']:.2f}, PSNR min {r['psnr_min']:.1f} mean "
                           f"{r['psnr_mean']:.1f}", flush=True)
             if args.profile and path == "head" and device.type == "cuda":
-                profiles[scene.id] = kernel_profile(scene, rigs, args.budgets[0], args.depths[0])
-                for k in profiles[scene.id]:
-                    print(f"  {k['ms_per_frame']:7.3f} ms/frame  {k['calls']:5d}  {k['kernel']}", flush=True)
+                profiles[scene.id] = kernel_profile(scene, rigs, args.budgets[0], args.depths[0], uncached)
+                for name, table in profiles[scene.id].items():
+                    print(f"  kernels of {name} (first {min(48, len(rigs))} frames):")
+                    for k in table:
+                        print(f"  {k['ms_per_frame']:7.3f} ms/frame  {k['calls']:5d}  {k['kernel']}", flush=True)
         del scene
         torch.cuda.empty_cache()
     gpu = device_name(device)

@@ -147,6 +147,7 @@ class FrameCache:
         self._visible: _VisibleSet | None = None
         self._shading: _Shading | None = None
         self._baked_dc: Tensor | None = None  # [N, 1, 3] colours from the centre eye as DC terms (SH degree > 0)
+        self._near: float | None = None  # float(self._shading.near_distance), once read
         self._age = 0
         self._motion_per_frame = 0.0
         self._last_head: tuple[Tensor, Tensor] | None = None
@@ -168,7 +169,10 @@ class FrameCache:
         if not 0 <= degree <= self.splats.sh_degree:
             raise ValueError(f"sh_degree: expected 0..{self.splats.sh_degree} (the scene's degree), got {sh_degree}")
         head, ipd = head_of(view)
-        cams = stack_cameras(view, self.splats.device, self.splats.dtype)
+        host = stack_cameras(view, "cpu", torch.float64)  # the guard tests read these: no copy back per frame
+        cams = CameraBatch(host.viewmats.to(self.splats.device, self.splats.dtype),
+                           host.Ks.to(self.splats.device, self.splats.dtype), host.width, host.height, host.near,
+                           host.far)
         bg = _background(background, len(cams), self.splats.device, self.splats.dtype)
         options = RenderOptions(sh_degree=degree, background=bg, render_mode=render_mode)
         if not self.config.enabled:
@@ -176,7 +180,7 @@ class FrameCache:
 
         clock = time.perf_counter
         start = clock()
-        visible_hit = self._ensure_visible(head, ipd, cams)
+        visible_hit = self._ensure_visible(head, ipd, view_tangents(host))
         t_cull = clock()
         shading_hit, estimate = self._ensure_shading(head, degree, options.wants_color, visible_hit)
         t_shade = clock()
@@ -197,15 +201,16 @@ class FrameCache:
             torch.cuda.synchronize(self.splats.device)
 
     # ----- visible set ----------------------------------------------------------------------------------------------
-    def _ensure_visible(self, head: Camera, ipd: float, cams: CameraBatch) -> bool:
-        """Reuse the visible set if every eye lies inside its guard frustum; else recompute it. Returns the hit."""
+    def _ensure_visible(self, head: Camera, ipd: float, tangents: dict[str, float]) -> bool:
+        """Reuse the visible set if every eye lies inside its guard frustum; else recompute it. Returns the hit.
+        ``tangents``: :func:`view_tangents` of the eyes."""
         pos, rot = _pose(head, self.splats)
         cached = self._visible
-        if cached is not None and self._inside_guard(cached, pos, rot, cams):
+        if cached is not None and self._inside_guard(cached, pos, rot, tangents):
             return True
         margin_world = self.config.guard_margin * self.extent
         guard = GuardFrustum(world_to_camera=head.world_to_camera.to(self.splats.device, self.splats.dtype),
-                             **view_tangents(cams), angle=math.radians(self.config.guard_angle_deg),
+                             **tangents, angle=math.radians(self.config.guard_angle_deg),
                              margin=margin_world + ipd / 2)
         chunk_mask = guard.sphere_mask(self.index.centers, self.index.radii)
         indices = self.index.members_ascending(chunk_mask)
@@ -214,14 +219,13 @@ class FrameCache:
         self._totals["visible"] += 1
         return False
 
-    def _inside_guard(self, cached: _VisibleSet, pos: Tensor, rot: Tensor, cams: CameraBatch) -> bool:
+    def _inside_guard(self, cached: _VisibleSet, pos: Tensor, rot: Tensor, tangents: dict[str, float]) -> bool:
         moved = float((pos - cached.head_position).norm())
         turned = rotation_angle(rot, cached.head_rotation)
         if moved > self.config.guard_margin * self.extent or turned > cached.guard.angle:
             return False
-        now = view_tangents(cams)
         g = cached.guard
-        return all(now[k] <= getattr(g, k) + 1e-9 for k in now)
+        return all(tangents[k] <= getattr(g, k) + 1e-9 for k in tangents)
 
     # ----- colours and order ----------------------------------------------------------------------------------------
     def _ensure_shading(self, head: Camera, degree: int, with_colors: bool, visible_hit: bool) -> tuple[bool, float]:
@@ -237,6 +241,7 @@ class FrameCache:
                 self._age += 1
                 return True, estimate
         self._shading = self._shade(head, pos, rot, degree, with_colors)
+        self._near = None
         self._age = 1
         self._totals["shading"] += 1
         return False, 0.0
@@ -271,7 +276,7 @@ class FrameCache:
 
     def _reuse_error(self, cached: _Shading, pos: Tensor, rot: Tensor, degree: int) -> float:
         """Estimated error of reusing ``cached`` at this pose (radians of view-direction change)."""
-        translation = float((pos - cached.head_position).norm()) / float(cached.near_distance)
+        translation = float((pos - cached.head_position).norm()) / self._near_distance()
         rotation = rotation_angle(rot, cached.head_rotation)
         # Colours depend on the view direction only through SH of degree >= 1; order on translation and rotation.
         return translation * (1.0 if degree > 0 else 0.5) + self.config.rotation_weight * rotation
@@ -280,10 +285,17 @@ class FrameCache:
         """Exponential average of the per-frame error growth, which sets the dynamic cache depth."""
         if self._last_head is not None and self._shading is not None:
             last_pos, last_rot = self._last_head
-            step = float((pos - last_pos).norm()) / float(self._shading.near_distance)
+            step = float((pos - last_pos).norm()) / self._near_distance()
             step += self.config.rotation_weight * rotation_angle(rot, last_rot)
             self._motion_per_frame = 0.7 * self._motion_per_frame + 0.3 * step
         self._last_head = (pos, rot)
+
+    def _near_distance(self) -> float:
+        """The current shading's near distance, read from the GPU once (on the frame after its refresh, when it
+        is ready: no stall)."""
+        if self._near is None:
+            self._near = float(self._shading.near_distance)
+        return self._near
 
     def _depth(self) -> int:
         """The cache depth D: how many frames one shading result may serve."""
@@ -299,9 +311,9 @@ class FrameCache:
         shading = self._shading  # its colours are in the DC term: SH degree 0 gives them back
         proj = self.backend.preprocess(shading.source, cams, 0, options.wants_color, self.covariances, shading.items)
         proj = dataclasses.replace(proj, presorted=True)
-        bins = self.backend.sort(proj, cams)
+        bins, visible = self.backend.sort_counted(proj, cams)
         image, alpha, depth = self.backend.blend(proj, bins, cams, options, bg)
-        stats = RenderStats(visible=proj.visible.sum(dim=1).tolist(), tile_keys=bins.num_pairs)
+        stats = RenderStats(visible=visible.tolist(), tile_keys=bins.num_pairs)
         return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats, projected=proj)
 
 

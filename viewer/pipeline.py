@@ -381,7 +381,11 @@ class FramePipeline:
         A frame in shared CUDA memory is drawn from there, without waiting for the newest frame's GPU work unless
         ``newest``: while it still renders the previous one is shown (:attr:`display_pending`)."""
         if self._shared is not None:
-            self._shared.draw(fbo, viewport, flip=True, linear=True, newest=newest)
+            # Bilinear taps cost fill rate (scarce on compute GPUs) and no longer smooth at 2x minification or
+            # more: the texel under each pixel then.
+            frame_w, frame_h = self._shared.size or (1, 1)
+            minified = 2 * viewport[2] <= frame_w and 2 * viewport[3] <= frame_h
+            self._shared.draw(fbo, viewport, flip=True, linear=not minified, newest=newest)
             return
         if self._output.texture is None:
             return

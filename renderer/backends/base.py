@@ -57,6 +57,11 @@ class StagedBackend(Backend):
     def sort(self, projected: Projected, cams: CameraBatch) -> TileBins:
         """Pair Gaussians with the tiles they touch and sort the pairs by camera, tile and depth."""
 
+    def sort_counted(self, projected: Projected, cams: CameraBatch) -> tuple[TileBins, torch.Tensor]:
+        """:meth:`sort`, plus the visible Gaussians per camera ``[C]`` (a tensor on the device: no host sync).
+        Backends whose sort counts them on the way return that count instead of a reduction over the items."""
+        return self.sort(projected, cams), projected.visible.sum(dim=1)
+
     @abstractmethod
     def blend(self, projected: Projected, bins: TileBins, cams: CameraBatch, options: RenderOptions,
               background: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -68,12 +73,11 @@ class StagedBackend(Backend):
         sh_degree = splats.sh_degree if options.sh_degree is None else options.sh_degree
         projected = self.preprocess(splats, cams, sh_degree, options.wants_color)
         clock.lap()
-        bins = self.sort(projected, cams)
+        bins, visible = self.sort_counted(projected, cams)
         clock.lap()
         image, alpha, depth = self.blend(projected, bins, cams, options, background)
         clock.lap()
-        visible = projected.visible.sum(dim=1).tolist()
-        stats = RenderStats(visible=visible, tile_keys=bins.num_pairs, times=clock.times())
+        stats = RenderStats(visible=visible.tolist(), tile_keys=bins.num_pairs, times=clock.times())
         return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats, projected=projected)
 
 

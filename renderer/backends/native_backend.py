@@ -12,8 +12,8 @@ import torch
 from ..cameras import CameraBatch
 from ..splats import Splats
 from ..stages import Projected, TileBins
-from ..types import RenderOptions, RenderOutput, RenderStats
-from .base import BackendUnavailableError, StagedBackend, _StageClock
+from ..types import RenderOptions
+from .base import BackendUnavailableError, StagedBackend
 
 
 class NativeBackend(StagedBackend):
@@ -48,19 +48,9 @@ class NativeBackend(StagedBackend):
         return functional.blend(projected, bins, cams.width, cams.height, background, options.wants_color,
                                 options.wants_depth)
 
-    def render(self, splats: Splats, cams: CameraBatch, options: RenderOptions,
-               background: torch.Tensor) -> RenderOutput:
-        # As StagedBackend.render, but the visible counts come from the sort (counted while it keys the depth
-        # sort) instead of a reduction over the [C, N, 2] radii: one pass over the items less.
+    def sort_counted(self, projected: Projected, cams: CameraBatch) -> tuple[TileBins, torch.Tensor]:
+        # The visible counts come from the sort (counted while it keys the depth order) instead of a reduction
+        # over the [C, N, 2] radii: one pass over the items less (StagedBackend.render uses this).
         from ..native import functional
 
-        clock = _StageClock(splats.device, options.timing)
-        sh_degree = splats.sh_degree if options.sh_degree is None else options.sh_degree
-        projected = self.preprocess(splats, cams, sh_degree, options.wants_color)
-        clock.lap()
-        bins, visible = functional.sort_with_counts(projected, cams)
-        clock.lap()
-        image, alpha, depth = self.blend(projected, bins, cams, options, background)
-        clock.lap()
-        stats = RenderStats(visible=visible.tolist(), tile_keys=bins.num_pairs, times=clock.times())
-        return RenderOutput(image=image, alpha=alpha, depth=depth, stats=stats, projected=projected)
+        return functional.sort_with_counts(projected, cams)
