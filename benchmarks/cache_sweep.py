@@ -183,9 +183,9 @@ def plot(path: Path, rows: list[dict], gpu: str) -> None:
 
     groups = list(dict.fromkeys((r["scene"], r["path"]) for r in rows))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
-    for ax, (scene, path) in zip(axes[0], groups):
-        native = next(r for r in rows if r["scene"] == scene and r["path"] == path and "error_budget" not in r)
-        cached = [r for r in rows if r["scene"] == scene and r["path"] == path and "error_budget" in r]
+    for ax, (scene, route) in zip(axes[0], groups):
+        native = next(r for r in rows if r["scene"] == scene and r["path"] == route and "error_budget" not in r)
+        cached = [r for r in rows if r["scene"] == scene and r["path"] == route and "error_budget" in r]
         for r in cached:
             ax.scatter(r["psnr_min"], r["ms_median"], s=18)
             ax.annotate(f"b={r['error_budget']} D={r['max_depth']}", (r["psnr_min"], r["ms_median"]), fontsize=6)
@@ -193,7 +193,7 @@ def plot(path: Path, rows: list[dict], gpu: str) -> None:
         ax.axvline(40.0, color="r", lw=0.8, ls="--", label="40 dB floor")
         ax.set_xlabel("min PSNR vs uncached (dB)")
         ax.set_ylabel("ms per stereo frame (median)")
-        ax.set_title(f"{scene} {path}", fontsize=9)
+        ax.set_title(f"{scene} {route}", fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(f"frame cache settings, stereo {rows[0]['width']}x{rows[0]['height']} per eye ({gpu})", fontsize=9)
     fig.tight_layout()
