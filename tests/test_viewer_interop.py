@@ -363,7 +363,7 @@ def test_frame_slots_draw_buffer_frames_exactly_and_like_a_linear_texture(ctx):
 
     rng = np.random.default_rng(5)
     width, height = 37, 23
-    buffer = ctx.buffer(reserve=3 * (-(-width * height * 4 // 256) * 256))
+    buffer = ctx.buffer(reserve=3 * gl_shared.slot_bytes(width, height))
     slots = gl_shared.FrameSlots(ctx, buffer.glo, width, height, 3)
     exact = ctx.framebuffer(color_attachments=[ctx.texture((width, height), 4)])
     window = ctx.framebuffer(color_attachments=[ctx.texture((61, 17), 4)])
