@@ -144,6 +144,26 @@ class EyeGeometry:
 UPLOADS = ("auto", "host", "eyes")
 
 
+def _write_attached(target, fits, make, args) -> str | None:
+    """Write ``args`` through ``target.attachment`` (a GPU-side writer bound to the target: ``GLImage`` or
+    ``SharedDisplay``), replaced first by ``make()`` unless ``fits(attachment)``. Returns None, or the error of a
+    refused call (the attachment then released and dropped)."""
+    try:
+        current = target.attachment
+        if current is None or not fits(current):
+            if current is not None:
+                current.release()
+                target.attachment = None
+            target.attachment = make()
+        target.attachment.write(*args)
+    except RuntimeError as err:
+        if target.attachment is not None:
+            target.attachment.release()
+            target.attachment = None
+        return str(err)
+    return None
+
+
 class RendererSource:
     """``renderer`` backends (``torch``, ``native``) as a frame source: all eyes of a frame in one render call.
 
@@ -282,18 +302,10 @@ class RendererSource:
             self._shared, self.upload_note = reason is None, reason or ""
         if not self._shared:
             return False
-        try:
-            display = target.attachment
-            if not isinstance(display, SharedDisplay) or display.capacity != target.texture.size:
-                if display is not None:
-                    display.release()
-                    target.attachment = None
-                target.attachment = SharedDisplay(target.texture.ctx, *target.texture.size, self.device)
-            target.attachment.write(*args)
-        except RuntimeError as err:  # export, import or a GL call refused: interop (or the host) from now on
-            if target.attachment is not None:
-                target.attachment.release()
-                target.attachment = None
+        size = target.texture.size
+        err = _write_attached(target, lambda a: isinstance(a, SharedDisplay) and a.capacity == size,
+                              lambda: SharedDisplay(target.texture.ctx, *size, self.device), args)
+        if err is not None:  # export, import or a GL call refused: interop (or the host) from now on
             self._shared, self.upload_note = False, f"CUDA memory shared with GL failed: {err}"
             return False
         self.upload_path = "shared"
@@ -307,18 +319,9 @@ class RendererSource:
             self.upload_note = reason or self.upload_note  # (keeps why the shared memory is not used)
         if not self._interop:
             return False
-        try:
-            image = target.attachment
-            if image is None or getattr(image, "texture", None) is not target.texture:  # (or a SharedDisplay)
-                if image is not None:
-                    image.release()
-                    target.attachment = None
-                target.attachment = GLImage(target.texture, self.device)
-            target.attachment.write(*args)
-        except RuntimeError as err:  # registration or mapping refused: the host path from now on
-            if target.attachment is not None:
-                target.attachment.release()
-                target.attachment = None
+        err = _write_attached(target, lambda a: getattr(a, "texture", None) is target.texture,
+                              lambda: GLImage(target.texture, self.device), args)
+        if err is not None:  # registration or mapping refused: the host path from now on
             self._interop, self.upload_note = False, f"CUDA-GL interop failed: {err}"
             return False
         self.upload_path = "interop"
