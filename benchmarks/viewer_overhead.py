@@ -20,7 +20,14 @@ runs), in an EGL context on the CUDA GPU:
 - ``viewer_frame_newest``: the same, the window waiting for the newest frame (``draw_to(..., newest=True)``);
 - ``viewer_frame_interop``: the same through CUDA-GL interop (``GSCACHE_VIEWER_SHARED=0``: the path before the
   shared memory);
-- ``viewer_frame_present_every_4th``: rendering every frame, displaying every 4th (how the exchange amortises).
+- ``viewer_frame_present_every_4th``: rendering every frame, displaying every 4th (how the exchange amortises);
+- ``viewer_render_synced``: the viewer's native frame source, the host waiting for each frame (baseline of the next);
+- ``gl_switch_idle``: + the one-pixel clear and flush issued while the CUDA stream is idle (the switch with nothing
+  of CUDA's to preempt);
+- ``viewer_frame_draw_first``: the window drawn (newest finished frame) before the next frame is issued;
+- ``viewer_frame_synced_draw``: the host waits for each frame, then draws it and flushes (GL runs while CUDA idles);
+- ``viewer_frame_paced_144hz`` / ``_240hz``: every frame rendered, the window drawn at most 144 / 240 times a second
+  (a display's refresh: frames between two presents are rendered in full but not shown).
 
 Rows carry ``delta_ms`` against ``renderer``. JSON and plot in ``--out-dir``.
 
@@ -160,11 +167,50 @@ def measure_scene(ctx, scene, args) -> dict[str, float]:
         else:
             viewer_frame(i)
 
+    def render_synced(i: int) -> None:
+        render(i)
+        torch.cuda.synchronize(device)
+
+    def switch_idle(i: int) -> None:
+        render_synced(i)
+        window.use()
+        ctx.clear(0.0, 0.0, 0.0, 1.0, viewport=(0, 0, 1, 1))
+        shared._gl.glFlush()
+
+    def draw_first(i: int) -> None:
+        pipeline.draw_to(window, (0, 0, win_w, win_h))
+        pipeline.render(request(i), finish=False)
+
+    def synced_draw(i: int) -> None:
+        pipeline.render(request(i), finish=False)
+        source.synchronize()
+        pipeline.draw_to(window, (0, 0, win_w, win_h), newest=True)
+        shared._gl.glFlush()
+
+    def paced(hz: float):
+        last = [-1.0]
+
+        def frame(i: int) -> None:
+            pipeline.render(request(i), finish=False)
+            now = time.perf_counter()
+            if now - last[0] >= 1.0 / hz:
+                pipeline.draw_to(window, (0, 0, win_w, win_h))
+                last[0] = now
+        return frame
+
     variants = {"renderer": bench_render, "viewer_render": render, "interop_write": write,
                 "interop_write_window_size": write_small, "shared_write": write_shared, "gl_draw_only": draw_only,
                 "gl_switch_only": switch_only, "shared_draw_1px": shared_draw_1px,
                 "viewer_frame": viewer_frame, "viewer_frame_newest": viewer_frame_newest,
-                "viewer_frame_interop": viewer_frame_interop, "viewer_frame_present_every_4th": every_4th}
+                "viewer_frame_interop": viewer_frame_interop, "viewer_frame_present_every_4th": every_4th,
+                "viewer_render_synced": render_synced, "gl_switch_idle": switch_idle,
+                "viewer_frame_draw_first": draw_first, "viewer_frame_synced_draw": synced_draw,
+                "viewer_frame_paced_144hz": paced(144.0), "viewer_frame_paced_240hz": paced(240.0)}
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(variants))
+        if unknown:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(variants)}")
+        variants = {k: v for k, v in variants.items() if k == "renderer" or k in args.variants}
     try:
         out = {name: sustained_ms(fn, args.frames, finish) for name, fn in variants.items()}
         assert pipeline.source.upload_path == "shared", pipeline.source.upload_note
@@ -186,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=2208)
     parser.add_argument("--window", type=int, nargs=2, default=(1280, 800))
     parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--variants", nargs="*", default=None, help="only these (and renderer); default: all")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--revision", default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, fields
@@ -100,7 +101,12 @@ class ResultFiles:
 
 
 def git_revision(root: Path = _REPO_ROOT) -> str:
-    """``git rev-parse HEAD`` of ``root``, with ``-dirty`` when files differ from it; ``unknown`` without git."""
+    """``git rev-parse HEAD`` of ``root``, with ``-dirty`` when files differ from it; ``unknown`` without git.
+    ``GSCACHE_REVISION`` in the environment names it instead (a copy of the tree without ``.git``, e.g. on a GPU
+    machine)."""
+    named = os.environ.get("GSCACHE_REVISION", "").strip()
+    if named:
+        return named
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()

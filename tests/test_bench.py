@@ -284,3 +284,12 @@ def test_diagnostic_benchmarks_write_the_result_schema(tmp_path):
     assert doc["rows"] == [{"scene": "guitar", "sustained_ms": 1.5}] and doc["date"]
     bare = write_result_files(tmp_path / "b", "k", "c", None, "CPU", [], no_matplotlib)
     assert json.loads(bare.read_text())["revision"] == "unknown" and not bare.with_suffix(".png").exists()
+
+
+def test_git_revision_is_named_by_the_environment_where_there_is_no_git(monkeypatch, tmp_path):
+    from server.bench_results import git_revision
+
+    monkeypatch.delenv("GSCACHE_REVISION", raising=False)
+    assert git_revision(tmp_path) == "unknown"  # no repository there
+    monkeypatch.setenv("GSCACHE_REVISION", "abc1234")
+    assert git_revision(tmp_path) == "abc1234"

@@ -370,12 +370,14 @@ def test_frame_slots_draw_buffer_frames_exactly_and_like_a_linear_texture(ctx):
     blit = ctx.program(vertex_shader=FULLSCREEN_VERTEX, fragment_shader=BLIT_FRAGMENT)
     blit_vao = ctx.vertex_array(blit, [])
     try:
+        newest = None
         for k in range(5):  # round the 3 slots, sizes changing
             w, h = (width, height) if k % 2 == 0 else (width - 6, height - 3)
             image = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
-            slot = slots.slots[k % 3]
-            slots.wait_read(slot)
-            assert slot.fence is None
+            slot = slots.free_slot(keep=newest)
+            assert slot is not newest and slot.fence is None
+            assert slot.serial == min(s.serial for s in slots.slots if s is not newest), "the oldest free slot"
+            newest = slot
             buffer.write(image.tobytes(), offset=slot.offset)
             slot.size, slot.serial = (w, h), k
             slots.draw(slot, exact, (0, 0, w, h), flip=False, linear=False)
@@ -401,6 +403,33 @@ def test_frame_slots_draw_buffer_frames_exactly_and_like_a_linear_texture(ctx):
         slots.release()
         for res in (blit_vao, blit, exact, window, buffer):
             res.release()
+
+
+def test_frame_slots_write_past_a_slot_gl_still_reads(ctx, monkeypatch):
+    """The writer takes the oldest slot GL has finished reading, skips one still read, never takes the newest frame's
+    slot, and waits for GL only when every other slot is still being read."""
+    buffer = ctx.buffer(reserve=3 * gl_shared.slot_bytes(8, 8))
+    slots = gl_shared.FrameSlots(ctx, buffer.glo, 8, 8, 3)
+    window = ctx.framebuffer(color_attachments=[ctx.texture((8, 8), 4)])
+    try:
+        for serial, slot in enumerate(slots.slots):
+            slot.size, slot.serial = (8, 8), serial
+            slots.draw(slot, window, (0, 0, 8, 8), flip=False, linear=False)
+        ctx.finish()
+        assert all(slots.read_done(s) for s in slots.slots) and all(s.fence is None for s in slots.slots)
+        oldest, middle, newest = slots.slots
+        still_read = {id(oldest)}
+        waited = []
+        monkeypatch.setattr(slots, "read_done", lambda s: id(s) not in still_read)
+        monkeypatch.setattr(slots, "wait_read", lambda s: waited.append(s))
+        assert slots.free_slot(keep=newest) is middle and waited == [middle]  # its wait returns at once
+        still_read.add(id(middle))
+        waited.clear()
+        assert slots.free_slot(keep=newest) is oldest and waited == [oldest], "all read: wait for the oldest"
+    finally:
+        slots.release()
+        window.release()
+        buffer.release()
 
 
 def test_shared_display_is_refused_with_a_reason_without_cuda(ctx, monkeypatch):

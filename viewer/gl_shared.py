@@ -14,10 +14,13 @@ Neither API knows what the other does, so the order is kept by hand:
 - GL draws a slot only after the CUDA event recorded behind its write has completed (a host-side check);
 - CUDA writes a slot again only after the GL fence placed behind its last draw has signalled.
 
-Frames go round ``slots`` slots. A draw that need not be the newest (:meth:`SharedDisplay.draw` with
-``newest=False``, what the window does every UI frame) shows the newest *finished* frame without waiting and reports
-:attr:`SharedDisplay.pending` while a newer one is still rendering, so the window keeps one frame in flight instead
-of stalling the GPU between CUDA and GL (the next UI frame shows the newer one).
+Each frame goes to the oldest slot that GL has finished reading (checked without waiting; the newest frame's slot
+is kept for the window), so the writer waits for GL only when every other slot is still being read; every draw is
+flushed at once, so that GL's work reaches the GPU without waiting for the writer. A draw that need not be the
+newest (:meth:`SharedDisplay.draw` with ``newest=False``, what the window does every UI frame) shows the newest
+*finished* frame without waiting and reports :attr:`SharedDisplay.pending` while a newer one is still rendering, so
+the window keeps one frame in flight instead of stalling the GPU between CUDA and GL (the next UI frame shows the
+newer one).
 
 Needs the two GL extensions and the GL context on the CUDA GPU (the frames are read through a buffer texture, core
 since OpenGL 3.1); where either is missing :func:`shared_display_unavailable` says why and the viewer keeps CUDA-GL
@@ -235,6 +238,28 @@ class FrameSlots:
         if slot.fence is not None:
             self._gl.glDeleteSync(slot.fence)
         slot.fence = self._gl.glFenceSync(_GL_SYNC_GPU_COMMANDS_COMPLETE, 0)
+        # Submitted now, not when the writer next waits for this fence: left in GL's command buffer, the draw would
+        # reach the GPU only at that wait, which then stalls the host until the GPU has switched to GL and back.
+        self._gl.glFlush()
+
+    def read_done(self, slot: _Slot) -> bool:
+        """GL has finished every draw that read ``slot`` (no wait; the fence is dropped once signalled)."""
+        if slot.fence is None:
+            return True
+        status = self._gl.glClientWaitSync(slot.fence, 0, 0)
+        if status in (_GL_ALREADY_SIGNALED, _GL_CONDITION_SATISFIED):
+            self._gl.glDeleteSync(slot.fence)
+            slot.fence = None
+            return True
+        return False
+
+    def free_slot(self, keep: _Slot | None) -> _Slot:
+        """The slot to write next: the oldest one that GL has finished reading, other than ``keep`` (the newest
+        frame, which the window may still show); without one, the oldest other slot after waiting for GL."""
+        others = sorted((s for s in self.slots if s is not keep), key=lambda s: s.serial)
+        slot = next((s for s in others if self.read_done(s)), others[0])
+        self.wait_read(slot)
+        return slot
 
     def wait_read(self, slot: _Slot) -> None:
         """Block until GL has finished every draw that read ``slot`` (before it is written again)."""
@@ -326,8 +351,7 @@ class SharedDisplay:
         if size[0] > self.capacity[0] or size[1] > self.capacity[1]:
             raise ValueError(f"SharedDisplay: a {size[0]}x{size[1]} display does not fit {self.capacity}")
         frames = self._frames
-        slot = frames.slots[self._serial % len(frames.slots)]
-        frames.wait_read(slot)
+        slot = frames.free_slot(keep=self._newest())
         self._ops.display_pack_to(self._address + slot.offset, frames.slot_bytes, image, alpha, depth,
                                   MODE_IDS[mode], LAYOUT_IDS[layout], depth_lo or [0.0, 0.0],
                                   depth_span or [1.0, 1.0])
@@ -360,8 +384,9 @@ class SharedDisplay:
         self._shown = max(self._shown, slot.serial)
 
     def _newest(self) -> _Slot | None:
-        slots = self._frames.slots
-        return slots[(self._serial - 1) % len(slots)] if self._serial > 0 else None
+        if self._serial == 0:
+            return None
+        return max(self._frames.slots, key=lambda s: s.serial)
 
     def _choose(self, newest: bool) -> _Slot | None:
         latest = self._newest()
