@@ -219,7 +219,52 @@ def run(config: MultiGpuConfig, command: str = "") -> dict:
         path = out / f"{result['date']}-{slug(gpu)}-{slug(config.what)}-{slug(config.scene)}.json"
         path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
         result["written"] = str(path)
+        try:
+            plot(path.with_suffix(".png"), result)
+        except ImportError as err:  # no matplotlib: the JSON stands alone
+            print(f"plot skipped: {err}")
     return result
+
+
+def plot(path: Path, result: dict) -> None:
+    """Frame-parallel throughput against the GPU count (with linear scaling from the 1-GPU row) and, where measured,
+    the stereo latency of whole frames on one GPU against eye-split on two."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    parallel = [r for r in rows if r["mode"] == "frame-parallel" and "speedup" in r]
+    latency = [r for r in rows if r not in parallel]
+    fig, axes = plt.subplots(1, 2 if latency else 1, figsize=(10 if latency else 5.5, 3.8), squeeze=False)
+    ax = axes[0][0]
+    gpus = [r["gpus"] for r in parallel]
+    ax.plot(gpus, [r["fps"] for r in parallel], "o-", label="measured")
+    simulated = all("ideal_speedup" in r for r in parallel)  # unequal simulated workers: ideal = summed speeds
+    ideal = [r["ideal_speedup"] if simulated else r["gpus"] for r in parallel]
+    ax.plot(gpus, [parallel[0]["fps"] * k for k in ideal], "--", color="grey",
+            label="ideal (summed worker speeds)" if simulated else "linear from 1 GPU")
+    for r in parallel:
+        ax.annotate(f"{r['fps']:.0f} FPS ({r['speedup']:.2f}x)", (r["gpus"], r["fps"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
+    ax.set_xticks(gpus)
+    ax.set_xlabel("GPUs (workers)")
+    ax.set_ylabel("stereo frames per second")
+    ax.set_title(f"frame-parallel, {parallel[0]['scene']}, {parallel[0]['width']}x{parallel[0]['height']} per eye",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    if latency:
+        ax = axes[0][1]
+        labels = [f"{r['gpus']} GPU{'s' if r['gpus'] > 1 else ''}, {r['mode']}" for r in latency]
+        bars = ax.bar(labels, [r["ms_median"] for r in latency])
+        ax.bar_label(bars, fmt="%.2f ms", fontsize=7)
+        ax.set_ylabel("latency, median (ms)")
+        ax.set_title(f"one request at a time, {latency[0]['scene']}", fontsize=9)
+    fig.suptitle(f"{result['gpu']} - {result['revision'][:12]} - {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def verdicts(result: dict) -> list[str]:

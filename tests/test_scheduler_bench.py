@@ -31,6 +31,8 @@ def test_multi_gpu_benchmark_simulated(multi_gpu, tmp_path, capsys):
     assert multi_gpu.main(argv) == 0
     written = list(tmp_path.glob("*-simulated-multi-gpu-sim.json"))
     assert len(written) == 1
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert written[0].with_suffix(".png").stat().st_size > 1000  # the plot beside it
     result = json.loads(written[0].read_text())
     assert set(result) == {"command", "revision", "gpu", "date", "rows"}
     assert result["command"].startswith("python benchmarks/multi_gpu.py --simulate")
