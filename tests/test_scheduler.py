@@ -299,3 +299,88 @@ def test_worker_whose_spec_cannot_be_sent_to_a_process_fails_clearly():
             sched.wait_ready(30)
     finally:
         sched.close()
+
+
+class _FakeDriver:
+    """Stands in for libcuda's cuMemHostRegister_v2 / cuMemHostUnregister (records calls, refuses when told)."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.registered, self.unregistered = [], []
+
+        def register(address, size, flags):
+            self.registered.append((address, size, flags))
+            return 1 if refuse else 0
+
+        def unregister(address):
+            self.unregistered.append(address)
+            return 0
+
+        self.cuMemHostRegister_v2, self.cuMemHostUnregister = register, unregister
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_worker_segments_page_lock_for_the_gpu_copy_and_fall_back_when_refused(refuse):
+    """A CUDA worker page-locks each shared-memory slot once (re-attaching a grown slot swaps the registration);
+    where the driver refuses, the slot stays usable and nothing is unregistered."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    from renderer.scheduler.process import _HostRegistration, _WorkerSegments
+
+    fake = _FakeDriver(refuse)
+    segments = _WorkerSegments(pin=False)
+    segments._driver = _HostRegistration(fake)
+    first, grown = SharedMemory(create=True, size=4096), SharedMemory(create=True, size=3 * 4096)
+    try:
+        seg = segments.attach(0, first.name)
+        assert segments.attach(0, first.name) is seg and len(fake.registered) == 1, "registered once per segment"
+        address, size, flags = fake.registered[0]
+        assert size == seg.size and flags == 0 and address != 0
+        np.frombuffer(seg.buf, np.uint8)[:3] = (1, 2, 3)  # still an ordinary mapping
+        assert bytes(first.buf[:3]) == b"\x01\x02\x03"
+        segments.attach(0, grown.name)  # the parent grew the slot: a new segment
+        assert len(fake.registered) == 2
+        assert fake.unregistered == ([] if refuse else [address])
+        segments.close()
+        assert len(fake.unregistered) == (0 if refuse else 2)
+    finally:
+        for shm in (first, grown):
+            shm.close()
+            shm.unlink()
+
+
+def test_worker_segments_stay_pageable_without_a_cuda_driver(monkeypatch):
+    from renderer.scheduler import process
+
+    monkeypatch.setattr(process.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(f"{name}: not found")))
+    assert process._HostRegistration.load() is None
+    assert process._WorkerSegments(pin=True)._driver is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("pinned", "frame_format"), [("1", "float32"), ("1", "uint8"), ("0", "float32")])
+def test_cuda_workers_return_the_frames_of_a_direct_render(monkeypatch, pinned, frame_format):
+    """A spawned CUDA worker (native backend), frames back through page-locked or pageable shared memory: the same
+    images as a direct render on the GPU, for every request (uint8: the direct image rounded)."""
+    from renderer.scheduler.process import PIN_ENV
+
+    monkeypatch.setenv(PIN_ENV, pinned)  # the spawned worker inherits it
+    scene = Splats.random(3000, sh_degree=1, seed=4, extent=0.8)
+    worker = RenderWorker(scene, device="cuda:0", backend="native", cache=CacheConfig(enabled=False), name="cuda0")
+    rigs = [make_rig(160, 120, angle=a) for a in (0.0, 0.4, 0.8, 1.2)]
+    sched = _Scheduler([worker], mode="frame-parallel", transport="process",
+                       config=SchedulerConfig(frame_format=frame_format))
+    try:
+        sched.wait_ready(180)
+        frames = [f.result(120) for f in [sched.submit(r) for r in rigs]]
+        pids = [w.pid for w in sched.workers()]
+    finally:
+        sched.close()
+    assert_no_children(pids)
+    cuda_scene = scene.to("cuda")
+    for frame, rig in zip(frames, rigs):
+        direct = render(cuda_scene, rig, backend="native").image
+        if frame_format == "uint8":
+            direct = (direct.clamp(0, 1) * 255).round().to(torch.uint8)
+        np.testing.assert_array_equal(frame.image, direct.cpu().numpy())
+        assert frame.image.dtype == (np.uint8 if frame_format == "uint8" else np.float32)
+        assert int(direct.max()) > 0 if frame_format == "uint8" else float(direct.max()) > 0
