@@ -30,9 +30,8 @@ class Engine(Protocol):
 
     device: str
 
-    def render(self, job: JobSpec, synchronize: bool = True) -> dict[str, np.ndarray | torch.Tensor]:
-        """The planes of ``job.plane_layout()`` (arrays or tensors on any device); ``synchronize=False``: a CUDA
-        engine may return before its GPU work is done (the caller orders its reads after the current stream)."""
+    def render(self, job: JobSpec) -> dict[str, np.ndarray | torch.Tensor]:
+        """The planes of ``job.plane_layout()`` (arrays or tensors on any device)."""
         ...
 
 
@@ -120,9 +119,7 @@ class _RenderEngine:
             cache.invalidate()
 
     @torch.inference_mode()
-    def render(self, job: JobSpec, synchronize: bool = True) -> dict[str, np.ndarray | torch.Tensor]:
-        """The job's planes (on the worker's device); ``synchronize``: wait for the GPU to finish them (else the
-        caller orders its reads after the current stream)."""
+    def render(self, job: JobSpec) -> dict[str, np.ndarray | torch.Tensor]:
         cache = self.caches.get(job.scene)
         if cache is None:
             raise ValueError(f"scene {job.scene!r}: this worker holds {', '.join(sorted(self.caches))}")
@@ -134,7 +131,7 @@ class _RenderEngine:
             if name == "image" and job.frame_format == "uint8":
                 value = (value.clamp(0, 1) * 255).round().to(torch.uint8)
             planes[name] = value
-        if synchronize and cache.splats.device.type == "cuda":
+        if cache.splats.device.type == "cuda":
             torch.cuda.synchronize(cache.splats.device)
         return planes
 
@@ -188,7 +185,7 @@ class _SimulatedEngine:
     def __init__(self, spec: SimulatedWorker) -> None:
         self.spec = spec
 
-    def render(self, job: JobSpec, synchronize: bool = True) -> dict[str, np.ndarray | torch.Tensor]:
+    def render(self, job: JobSpec) -> dict[str, np.ndarray | torch.Tensor]:
         if job.request_id in self.spec.fail_requests:
             raise RuntimeError(f"simulated failure of request {job.request_id}")
         deadline = time.perf_counter() + self.spec.frame_ms(job) / 1e3

@@ -19,8 +19,6 @@ import os
 import signal
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
@@ -198,12 +196,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     conn.send(("ready", os.getpid(), engine.device))
     segments = _WorkerSegments(pin=str(engine.device).startswith("cuda") and
                                os.environ.get(PIN_ENV, "1").strip().lower() not in ("0", "off", "no", "false"))
-    overlap = _CopyOverlap(conn, engine) if str(engine.device).startswith("cuda") else None
     try:
         while True:
-            if overlap is not None and overlap.pending and not conn.poll(0):
-                overlap.finish_oldest()  # nothing new to render meanwhile: hand back the oldest frame
-                continue
             try:
                 msg = conn.recv()
             except EOFError:
@@ -211,75 +205,11 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
             if msg[0] == "stop":
                 break
             _, job, slot, segment_name = msg
-            segment = segments.attach(slot, segment_name)
-            if overlap is None:
-                _serve(conn, engine, job, segment)
-            else:
-                overlap.serve(job, segment)
-        if overlap is not None:
-            overlap.finish_all()
+            _serve(conn, engine, job, segments.attach(slot, segment_name))
     finally:
         segments.close()
         conn.close()
     os._exit(0)  # skip the interpreter's slow teardown (torch, CUDA): everything worth keeping was sent
-
-
-@dataclass
-class _InFlight:
-    job: JobSpec
-    planes: dict  # the frame's CUDA planes, kept alive until their copy is done
-    started: torch.cuda.Event
-    rendered: torch.cuda.Event
-    copied: torch.cuda.Event
-
-
-class _CopyOverlap:
-    """A CUDA worker's jobs, with the copy of frame k into its slot overlapping the render of frame k+1.
-
-    The copy runs on its own stream after the frame's render (an event orders them) into the page-locked slot; the
-    worker answers ``done`` once the copy has finished, oldest first, and renders the next job meanwhile when one is
-    waiting. Times sent back are GPU times from events: the render (what the cost model learns from) and the copy.
-    """
-
-    def __init__(self, conn: Connection, engine) -> None:
-        self.conn, self.engine = conn, engine
-        self.device = torch.device(engine.device)
-        self.copy_stream = torch.cuda.Stream(self.device)
-        self.pending: deque[_InFlight] = deque()
-
-    def serve(self, job: JobSpec, segment: SharedMemory) -> None:
-        start = time.perf_counter()
-        started = torch.cuda.Event(enable_timing=True)
-        started.record()
-        try:
-            planes = self.engine.render(job, synchronize=False)
-        except Exception as exc:  # a failed frame is the request's error, the worker goes on
-            self.conn.send(("error", job.job_id, job.attempt, (time.perf_counter() - start) * 1e3, short_error(exc)))
-            return
-        rendered, copied = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        rendered.record()
-        with torch.cuda.stream(self.copy_stream):
-            self.copy_stream.wait_event(rendered)
-            offset = 0
-            for name, shape, dtype in job.plane_layout():
-                dst = np.ndarray(shape, dtype=dtype, buffer=segment.buf, offset=offset)
-                torch.from_numpy(dst).copy_(planes[name].detach(), non_blocking=True)
-                del dst
-                offset += int(np.prod(shape)) * dtype.itemsize
-            copied.record(self.copy_stream)
-        self.pending.append(_InFlight(job, planes, started, rendered, copied))
-        while self.pending and self.pending[0].copied.query():
-            self.finish_oldest()
-
-    def finish_oldest(self) -> None:
-        frame = self.pending.popleft()
-        frame.copied.synchronize()
-        self.conn.send(("done", frame.job.job_id, frame.job.attempt, frame.started.elapsed_time(frame.rendered),
-                        frame.rendered.elapsed_time(frame.copied)))
-
-    def finish_all(self) -> None:
-        while self.pending:
-            self.finish_oldest()
 
 
 PIN_ENV = "GSCACHE_PIN_FRAMES"
