@@ -384,3 +384,13 @@ def test_cuda_workers_return_the_frames_of_a_direct_render(monkeypatch, pinned, 
         np.testing.assert_array_equal(frame.image, direct.cpu().numpy())
         assert frame.image.dtype == (np.uint8 if frame_format == "uint8" else np.float32)
         assert int(direct.max()) > 0 if frame_format == "uint8" else float(direct.max()) > 0
+
+
+def test_switches_read_off_values_and_default_to_on(monkeypatch):
+    from renderer.switches import turned_off
+
+    monkeypatch.delenv("GSCACHE_TEST_SWITCH", raising=False)
+    assert not turned_off("GSCACHE_TEST_SWITCH")
+    for value, off in [("0", True), (" OFF ", True), ("No", True), ("false", True), ("1", False), ("yes", False)]:
+        monkeypatch.setenv("GSCACHE_TEST_SWITCH", value)
+        assert turned_off("GSCACHE_TEST_SWITCH") is off, value

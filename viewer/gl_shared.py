@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import moderngl
 import torch
 
+from renderer.switches import turned_off
+
 from ._glsl import FULLSCREEN_VERTEX
 from .interop import LAYOUT_IDS, MODE_IDS, display_size, interop_unavailable
 
@@ -163,7 +165,7 @@ class _GL:
 def shared_display_unavailable(ctx: moderngl.Context, device: torch.device) -> str | None:
     """Why frames on ``device`` cannot be shared with ``ctx`` this way (None: try; creating the first
     :class:`SharedDisplay` is the final test). ``ctx`` must be current."""
-    if os.environ.get(SHARED_ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+    if turned_off(SHARED_ENV):
         return f"turned off ({SHARED_ENV}=0)"
     missing = [ext for ext in REQUIRED_EXTENSIONS if ext not in ctx.extensions]
     if missing:

@@ -13,12 +13,13 @@ Set ``GSCACHE_VIEWER_INTEROP=0`` to keep the host path on a CUDA machine (A/B me
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import moderngl
 import numpy as np
 import torch
+
+from renderer.switches import turned_off
 
 LAYOUT_IDS = {"mono": 0, "side-by-side": 1, "anaglyph": 2}
 MODE_IDS = {"rgb": 0, "depth": 1, "alpha": 2}
@@ -80,7 +81,7 @@ def _ops(device: torch.device):
 def interop_unavailable(device: torch.device) -> str | None:
     """Why CUDA-GL interop cannot be used from the current GL context for frames on ``device``; None when it can
     be tried (registering the first texture is the final test). Needs the GL context current on this thread."""
-    if os.environ.get(INTEROP_ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+    if turned_off(INTEROP_ENV):
         return f"turned off ({INTEROP_ENV}=0)"
     if device.type != "cuda":
         return "the frames are rendered on the CPU"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
+from ..switches import turned_off
 from .engines import RenderWorker, WorkerSpec
 from .transport import Transport, WorkerEvents, WorkerHandle, short_error
 from .types import JobResult, JobSpec
@@ -194,8 +195,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
         conn.close()
         os._exit(1)
     conn.send(("ready", os.getpid(), engine.device))
-    segments = _WorkerSegments(pin=str(engine.device).startswith("cuda") and
-                               os.environ.get(PIN_ENV, "1").strip().lower() not in ("0", "off", "no", "false"))
+    segments = _WorkerSegments(pin=str(engine.device).startswith("cuda") and not turned_off(PIN_ENV))
     try:
         while True:
             try:
